@@ -1,0 +1,243 @@
+//! The journal: every HTTP exchange of a run, in either direction, as it crossed the wire.
+//! It holds raw data in memory for the checks; nothing leaves it for a report or a log except
+//! through [`crate::redact::Redactor`].
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+/// Who took part in an exchange, from the harness's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Party {
+    /// The node under test.
+    Target,
+    /// The harness playing the sender.
+    HarnessSender,
+    /// The harness playing the receiver.
+    HarnessReceiver,
+    /// The harness reading the target's inspection API.
+    HarnessInspector,
+    /// The SBV-Z double.
+    Sbvz,
+}
+
+impl Party {
+    /// A short human label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Party::Target => "target",
+            Party::HarnessSender => "harness sender",
+            Party::HarnessReceiver => "harness receiver",
+            Party::HarnessInspector => "harness inspector",
+            Party::Sbvz => "SBV-Z double",
+        }
+    }
+}
+
+/// A request or response body as seen on the wire.
+#[derive(Debug, Clone, Default)]
+pub struct Body {
+    pub bytes: Bytes,
+    pub content_type: Option<String>,
+}
+
+impl Body {
+    /// Hex SHA-256 of the bytes.
+    pub fn sha256(&self) -> String {
+        hex(&Sha256::digest(&self.bytes))
+    }
+
+    /// The body parsed as JSON, if it is JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.bytes).ok()
+    }
+}
+
+/// One HTTP request.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub method: String,
+    /// Absolute URL as sent (scheme, host, path, query).
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+}
+
+/// One HTTP response.
+#[derive(Debug, Clone, Default)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+}
+
+impl Response {
+    /// The first header with this name, case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+impl Request {
+    /// The first header with this name, case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+
+    /// The path and query below `base`, or the whole URL when it is not below `base`.
+    pub fn relative_to<'a>(&'a self, base: &str) -> &'a str {
+        self.url
+            .strip_prefix(base.trim_end_matches('/'))
+            .map(|rest| rest.trim_start_matches('/'))
+            .unwrap_or(&self.url)
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// What an exchange was for, in the protocol's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExchangeKind {
+    TokenRequest,
+    Notification,
+    Cancellation,
+    WorkflowTask,
+    Search,
+    Read,
+    Binary,
+    Inspection,
+    Control,
+    Sbvz,
+    Other,
+}
+
+impl ExchangeKind {
+    /// A short human label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ExchangeKind::TokenRequest => "token request",
+            ExchangeKind::Notification => "notification",
+            ExchangeKind::Cancellation => "cancellation",
+            ExchangeKind::WorkflowTask => "workflow task read",
+            ExchangeKind::Search => "search",
+            ExchangeKind::Read => "read",
+            ExchangeKind::Binary => "letter (Binary)",
+            ExchangeKind::Inspection => "inspection",
+            ExchangeKind::Control => "control",
+            ExchangeKind::Sbvz => "SBV-Z call",
+            ExchangeKind::Other => "other",
+        }
+    }
+}
+
+/// One recorded exchange.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// Run-unique id such as `x0007`, shown in reports and error messages.
+    pub id: String,
+    /// The case this exchange belongs to, when it could be attributed.
+    pub case_id: Option<String>,
+    pub kind: ExchangeKind,
+    pub from: Party,
+    pub to: Party,
+    /// Milliseconds since the run started.
+    pub at_ms: u64,
+    pub duration: Duration,
+    pub request: Request,
+    pub response: Option<Response>,
+    /// A transport failure: refused, timed out, reset, body too large.
+    pub error: Option<String>,
+}
+
+/// Every exchange of a run. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Journal {
+    started: std::time::Instant,
+    next_id: AtomicU64,
+    exchanges: Mutex<Vec<Exchange>>,
+    changed: Notify,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Journal {
+    /// An empty journal; its clock starts now.
+    pub fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            next_id: AtomicU64::new(1),
+            exchanges: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Milliseconds since the journal was created.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A fresh exchange id.
+    pub fn next_id(&self) -> String {
+        format!("x{:04}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Records an exchange and wakes everyone waiting for activity.
+    pub fn record(&self, exchange: Exchange) {
+        self.lock().push(exchange);
+        self.changed.notify_waiters();
+    }
+
+    /// A copy of the exchanges of one case, in recording order.
+    pub fn for_case(&self, case_id: &str) -> Vec<Exchange> {
+        self.lock()
+            .iter()
+            .filter(|e| e.case_id.as_deref() == Some(case_id))
+            .cloned()
+            .collect()
+    }
+
+    /// A copy of every exchange.
+    pub fn all(&self) -> Vec<Exchange> {
+        self.lock().clone()
+    }
+
+    /// How many exchanges belong to the case.
+    pub fn count_for_case(&self, case_id: &str) -> usize {
+        self.lock()
+            .iter()
+            .filter(|e| e.case_id.as_deref() == Some(case_id))
+            .count()
+    }
+
+    /// Waits until something is recorded or `timeout` passes.
+    pub async fn wait_for_change(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Exchange>> {
+        // A panic while holding the lock cannot leave the Vec half-written, so the data is
+        // still usable after poisoning.
+        self.exchanges.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

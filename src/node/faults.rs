@@ -1,0 +1,110 @@
+//! Named fault switches of the reference node. Each one breaks one rule so that a test can
+//! prove the check guarding that rule fails.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+/// One deliberate defect of the reference node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fault {
+    /// Answers a notification `200` without a `Location` header.
+    NoLocation,
+    /// Asks for the pull token without the authorization base.
+    OmitAuthorizationBase,
+    /// Never reads the workflow Task, even when asked to.
+    SkipWorkflowTask,
+    /// Runs only every other notified search.
+    PartialSearches,
+    /// Reads only the first page of a search and ignores `next`.
+    IgnorePaging,
+    /// Never retrieves the referral letter's Binary.
+    SkipLetter,
+    /// Stores the letter without its last byte.
+    CorruptLetter,
+    /// Files the referral under another patient than the notified one.
+    WrongPatient,
+    /// Files the referral in another department than the addressed one.
+    WrongDepartment,
+}
+
+impl Fault {
+    /// Every fault, in the order `node faults` lists them.
+    pub const ALL: [Fault; 9] = [
+        Fault::NoLocation,
+        Fault::OmitAuthorizationBase,
+        Fault::SkipWorkflowTask,
+        Fault::PartialSearches,
+        Fault::IgnorePaging,
+        Fault::SkipLetter,
+        Fault::CorruptLetter,
+        Fault::WrongPatient,
+        Fault::WrongDepartment,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::NoLocation => "no-location",
+            Fault::OmitAuthorizationBase => "omit-authorization-base",
+            Fault::SkipWorkflowTask => "skip-workflow-task",
+            Fault::PartialSearches => "partial-searches",
+            Fault::IgnorePaging => "ignore-paging",
+            Fault::SkipLetter => "skip-letter",
+            Fault::CorruptLetter => "corrupt-letter",
+            Fault::WrongPatient => "wrong-patient",
+            Fault::WrongDepartment => "wrong-department",
+        }
+    }
+
+    /// What the fault does, for `node faults --verbose` and the docs.
+    pub fn effect(self) -> &'static str {
+        match self {
+            Fault::NoLocation => "answers a notification 200 without a Location header",
+            Fault::OmitAuthorizationBase => "requests the pull token without the authorization base",
+            Fault::SkipWorkflowTask => "never reads the workflow task",
+            Fault::PartialSearches => "runs only every other notified search",
+            Fault::IgnorePaging => "ignores next links and reads only first pages",
+            Fault::SkipLetter => "never retrieves the referral letter",
+            Fault::CorruptLetter => "stores the letter without its last byte",
+            Fault::WrongPatient => "files the referral under another patient",
+            Fault::WrongDepartment => "files the referral in another department",
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Fault {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Fault::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                format!("unknown fault `{name}`; known faults: {}", names.join(", "))
+            })
+    }
+}
+
+/// The switches that are on.
+pub type FaultSet = BTreeSet<Fault>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_parses_back_to_its_fault() {
+        for fault in Fault::ALL {
+            assert_eq!(fault.name().parse::<Fault>(), Ok(fault));
+        }
+        assert!("nonsense".parse::<Fault>().unwrap_err().contains("skip-letter"));
+    }
+}

@@ -1,0 +1,180 @@
+//! The reference node: a conformant receiving GtK that is the default target, so the harness
+//! runs out of the box. It keeps a patient register, accepts notifications, pulls the BgZ
+//! and the letter from the sender, and files the referral in a department inbox that its
+//! inspection API shows. Fault switches ([`faults::Fault`]) break single rules on purpose.
+//!
+//! The node shares message types with the harness but never its judgement: the checks that
+//! grade the node live in `runner` and read only the wire and the inspection API.
+
+pub mod faults;
+mod puller;
+mod receiver;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fhir::store::ResourceStore;
+use crate::protocol::notification::Ident;
+use crate::protocol::token::AssertionValidator;
+use crate::transport::PlainServer;
+use faults::{Fault, FaultSet};
+
+/// A department (HealthcareService) of an organisation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Department {
+    /// Short key used in matrices and inboxes, e.g. `cardiologie`.
+    pub id: String,
+    pub name: String,
+    /// The HealthcareService identifier a sender puts in `Task.owner.identifier`.
+    pub identifier: Ident,
+}
+
+/// Where a sender organisation serves its BgZ.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SenderEndpoints {
+    pub ura: String,
+    pub fhir_base: String,
+    pub token_url: String,
+}
+
+/// Everything the node is configured with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub ura: String,
+    pub departments: Vec<Department>,
+    /// Patients known to the node (Patient resources with a BSN).
+    pub register: ResourceStore,
+    pub faults: FaultSet,
+    pub listen: SocketAddr,
+}
+
+/// One referral as filed in a department's inbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InboxEntry {
+    /// `Task.identifier.value` of the notification.
+    pub notification: String,
+    pub department: Option<String>,
+    /// The BSN of the register patient the referral was filed under.
+    pub patient_bsn: Option<String>,
+    pub patient_known: bool,
+    pub status: InboxStatus,
+    pub searches_run: usize,
+    pub resources_pulled: usize,
+    pub letter: Option<LetterCopy>,
+    /// Why the pull failed, if it did.
+    pub problem: Option<String>,
+}
+
+/// State of a referral in the inbox.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum InboxStatus {
+    Pulling,
+    Filed,
+    AwaitingRegistration,
+    Failed,
+}
+
+/// What the node stored of the letter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LetterCopy {
+    pub size: usize,
+    pub sha256: String,
+}
+
+pub(crate) struct NodeState {
+    config: NodeConfig,
+    base: String,
+    senders: Mutex<HashMap<String, SenderEndpoints>>,
+    inbox: Mutex<Vec<InboxEntry>>,
+    tokens: Mutex<HashMap<String, i64>>,
+    validator: AssertionValidator,
+    http: reqwest::Client,
+}
+
+impl NodeState {
+    fn has(&self, fault: Fault) -> bool {
+        self.config.faults.contains(&fault)
+    }
+}
+
+/// A running reference node.
+pub struct ReferenceNode {
+    state: Arc<NodeState>,
+    server: PlainServer,
+}
+
+/// Endpoints of a running node, as a target file would name them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeEndpoints {
+    pub notification_base: String,
+    pub token_url: String,
+    pub inspect_url: String,
+    pub control_url: String,
+}
+
+impl ReferenceNode {
+    /// Starts the node on `config.listen`.
+    pub async fn start(config: NodeConfig) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        drop(listener);
+        let base = format!("http://{addr}");
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .no_proxy()
+            .build()
+            .map_err(std::io::Error::other)?;
+        let state = Arc::new(NodeState {
+            validator: AssertionValidator::new(&format!("{base}/token"), 5),
+            config,
+            base: base.clone(),
+            senders: Mutex::new(HashMap::new()),
+            inbox: Mutex::new(Vec::new()),
+            tokens: Mutex::new(HashMap::new()),
+            http,
+        });
+        let server = PlainServer::start(addr, receiver::router(state.clone())).await?;
+        Ok(Self { state, server })
+    }
+
+    /// The node's endpoints.
+    pub fn endpoints(&self) -> NodeEndpoints {
+        let base = &self.state.base;
+        NodeEndpoints {
+            notification_base: format!("{base}/fhir"),
+            token_url: format!("{base}/token"),
+            inspect_url: format!("{base}/inspect"),
+            control_url: format!("{base}/control"),
+        }
+    }
+
+    /// Where the node listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// Tells the node where a sender organisation serves its BgZ (bilateral configuration).
+    pub fn register_sender(&self, endpoints: SenderEndpoints) {
+        lock(&self.state.senders).insert(endpoints.ura.clone(), endpoints);
+    }
+
+    /// A copy of the inbox.
+    pub fn inbox(&self) -> Vec<InboxEntry> {
+        lock(&self.state.inbox).clone()
+    }
+
+    /// Serves until the process ends.
+    pub async fn wait(self) {
+        self.server.wait().await;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

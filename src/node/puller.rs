@@ -1,0 +1,257 @@
+//! The reference node's pull: token with the authorization base, the workflow Task when
+//! asked, every notified search with its pages, every read, and the letter through
+//! DocumentReference to Binary; then the referral is filed in the department's inbox.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{InboxEntry, InboxStatus, LetterCopy, NodeState, lock};
+use crate::fhir::bundle::{entries, next_link};
+use crate::fhir::search::SearchUrl;
+use crate::journal::hex;
+use crate::node::faults::Fault;
+use crate::protocol::notification::ReceivedNotification;
+use crate::protocol::token::{
+    AssertionClaims, TokenResponse, UnsignedJws, encode_jwt, token_request_form, unix_now,
+};
+
+/// Most pages the node follows for one search, so a looping `next` cannot hold it forever.
+const MAX_PAGES: usize = 200;
+
+struct Session<'a> {
+    state: &'a NodeState,
+    base: String,
+    token: String,
+}
+
+pub(super) async fn pull(state: Arc<NodeState>, notification: ReceivedNotification, department: Option<String>) {
+    let outcome = run_pull(&state, &notification).await;
+    let department = if state.has(Fault::WrongDepartment) {
+        state
+            .config
+            .departments
+            .iter()
+            .map(|d| d.id.clone())
+            .find(|d| Some(d) != department.as_ref())
+            .or(department)
+    } else {
+        department
+    };
+
+    let mut patient_bsn = state
+        .config
+        .register
+        .patient_by_bsn(&notification.bsn)
+        .map(|_| notification.bsn.clone());
+    let patient_known = patient_bsn.is_some();
+    if state.has(Fault::WrongPatient) {
+        patient_bsn = state
+            .config
+            .register
+            .of_type("Patient")
+            .filter_map(|p| {
+                crate::fhir::store::identifiers(p)
+                    .find(|(s, _)| *s == crate::fhir::BSN_SYSTEM)
+                    .map(|(_, v)| v.to_owned())
+            })
+            .find(|bsn| *bsn != notification.bsn);
+    }
+
+    let mut inbox = lock(&state.inbox);
+    let Some(entry) = inbox
+        .iter_mut()
+        .find(|e| e.notification == notification.identifier.value)
+    else {
+        return;
+    };
+    *entry = match outcome {
+        Ok(pulled) => InboxEntry {
+            notification: notification.identifier.value.clone(),
+            department,
+            patient_bsn,
+            patient_known,
+            status: if patient_known {
+                InboxStatus::Filed
+            } else {
+                InboxStatus::AwaitingRegistration
+            },
+            searches_run: pulled.searches_run,
+            resources_pulled: pulled.resources,
+            letter: pulled.letter,
+            problem: None,
+        },
+        Err(problem) => InboxEntry {
+            status: InboxStatus::Failed,
+            problem: Some(problem),
+            department,
+            ..entry.clone()
+        },
+    };
+}
+
+#[derive(Default)]
+struct Pulled {
+    searches_run: usize,
+    resources: usize,
+    letter: Option<LetterCopy>,
+}
+
+async fn run_pull(state: &NodeState, notification: &ReceivedNotification) -> Result<Pulled, String> {
+    let sender_ura = notification
+        .on_behalf_of
+        .as_ref()
+        .map(|i| i.value.clone())
+        .ok_or("the notification names no sending organisation")?;
+    let endpoints = lock(&state.senders)
+        .get(&sender_ura)
+        .cloned()
+        .ok_or_else(|| format!("no endpoints configured for sender organisation {sender_ura}"))?;
+
+    let token = request_token(state, &endpoints.token_url, notification).await?;
+    let session = Session {
+        state,
+        base: endpoints.fhir_base.trim_end_matches('/').to_owned(),
+        token,
+    };
+
+    if notification.get_workflow_task
+        && !state.has(Fault::SkipWorkflowTask)
+        && let Some(task_ref) = &notification.based_on
+    {
+        session.get_json(&format!("{}/{task_ref}", session.base)).await?;
+    }
+
+    let mut pulled = Pulled::default();
+    let mut resources: Vec<Value> = Vec::new();
+    for (index, query) in notification.queries.iter().enumerate() {
+        if state.has(Fault::PartialSearches) && index % 2 == 1 {
+            continue;
+        }
+        let mut url = session.search_url(&query.value);
+        for _ in 0..MAX_PAGES {
+            let bundle = session.get_json(&url).await?;
+            resources.extend(entries(&bundle).map(|(r, _)| r.clone()));
+            match next_link(&bundle) {
+                Some(next) if !state.has(Fault::IgnorePaging) => url = next.to_owned(),
+                _ => break,
+            }
+        }
+        pulled.searches_run += 1;
+    }
+    for reference in &notification.reads {
+        resources.push(session.get_json(&format!("{}/{reference}", session.base)).await?);
+    }
+    pulled.resources = resources.len();
+
+    if !state.has(Fault::SkipLetter) {
+        pulled.letter = session.fetch_letter(&resources).await?;
+    }
+    Ok(pulled)
+}
+
+async fn request_token(
+    state: &NodeState,
+    token_url: &str,
+    notification: &ReceivedNotification,
+) -> Result<String, String> {
+    let now = unix_now();
+    let client = AssertionClaims::new(&state.base, token_url, now, 60);
+    let authorization = AssertionClaims::new(&state.config.ura, token_url, now, 60);
+    let base = if state.has(Fault::OmitAuthorizationBase) {
+        None
+    } else {
+        notification.authorization_base.as_deref()
+    };
+    let form = token_request_form(
+        &encode_jwt(&client, &UnsignedJws),
+        &encode_jwt(&authorization, &UnsignedJws),
+        base,
+    );
+    let response = state
+        .http
+        .post(token_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .map_err(|e| format!("token request failed: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("token request answered {}", response.status()));
+    }
+    let token: TokenResponse = response
+        .json()
+        .await
+        .map_err(|e| format!("token response is not RFC 6749 JSON: {e}"))?;
+    Ok(token.access_token)
+}
+
+impl Session<'_> {
+    /// A notified query as a wire URL: absolute values as given, relative ones below the
+    /// base with reserved characters percent-encoded.
+    fn search_url(&self, value: &str) -> String {
+        if value.starts_with("http://") || value.starts_with("https://") {
+            return value.to_owned();
+        }
+        let relative = SearchUrl::parse_relative(value)
+            .map(|u| u.to_relative())
+            .unwrap_or_else(|_| value.trim_start_matches('/').to_owned());
+        format!("{}/{relative}", self.base)
+    }
+
+    async fn get(&self, url: &str, accept: &str) -> Result<reqwest::Response, String> {
+        let response = self
+            .state
+            .http
+            .get(url)
+            .bearer_auth(&self.token)
+            .header("accept", accept)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url} failed: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("GET {url} answered {}", response.status()));
+        }
+        Ok(response)
+    }
+
+    async fn get_json(&self, url: &str) -> Result<Value, String> {
+        self.get(url, "application/fhir+json")
+            .await?
+            .json()
+            .await
+            .map_err(|e| format!("GET {url}: the body is not JSON: {e}"))
+    }
+
+    async fn fetch_letter(&self, resources: &[Value]) -> Result<Option<LetterCopy>, String> {
+        let urls = resources
+            .iter()
+            .filter(|r| r["resourceType"] == "DocumentReference")
+            .flat_map(|d| d["content"].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["attachment"]["url"].as_str().map(str::to_owned));
+        let mut letter = None;
+        for url in urls {
+            let absolute = if url.starts_with("http") {
+                url
+            } else {
+                format!("{}/{url}", self.base)
+            };
+            let binary = self.get_json(&absolute).await?;
+            let content = binary["content"].as_str().unwrap_or_default();
+            let mut bytes = STANDARD
+                .decode(content)
+                .map_err(|_| format!("GET {absolute}: Binary.content is not base64"))?;
+            if self.state.has(Fault::CorruptLetter) {
+                bytes.pop();
+            }
+            letter = Some(LetterCopy {
+                size: bytes.len(),
+                sha256: hex(&Sha256::digest(&bytes)),
+            });
+        }
+        Ok(letter)
+    }
+}
