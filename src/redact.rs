@@ -1,0 +1,433 @@
+//! The one redaction point. Everything that leaves the harness for a report or a log passes
+//! through a [`Redactor`]: BSNs, names, birth dates, addresses, telecoms, tokens, assertions,
+//! authorization bases and letter contents are replaced by labels. Known values get stable
+//! numbered labels (`[bsn-1]`), so evidence can still show that two values differ.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde_json::{Map, Value};
+
+use crate::fhir::BSN_SYSTEM;
+use crate::fhir::bsn::Bsn;
+
+/// OID form of the BSN system.
+const BSN_OID: &str = "urn:oid:2.16.840.1.113883.2.4.6.3";
+/// Form fields and JSON keys whose values are secrets.
+const SECRET_KEYS: [&str; 6] = [
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "assertion",
+    "client_assertion",
+    "authorization_base",
+];
+
+/// What kind of sensitive value a label stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Sensitive {
+    Bsn,
+    Name,
+    BirthDate,
+    Address,
+    Token,
+    AuthorizationBase,
+}
+
+impl Sensitive {
+    fn label(self) -> &'static str {
+        match self {
+            Sensitive::Bsn => "bsn",
+            Sensitive::Name => "name",
+            Sensitive::BirthDate => "birth-date",
+            Sensitive::Address => "address",
+            Sensitive::Token => "token",
+            Sensitive::AuthorizationBase => "authorization-base",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    /// value -> label
+    labels: BTreeMap<String, String>,
+    counters: BTreeMap<Sensitive, usize>,
+}
+
+/// Replaces sensitive values with labels.
+#[derive(Debug)]
+pub struct Redactor {
+    enabled: bool,
+    known: Mutex<Known>,
+}
+
+impl Default for Redactor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Redactor {
+    /// A redactor that redacts.
+    pub fn new() -> Self {
+        Self {
+            enabled: true,
+            known: Mutex::new(Known::default()),
+        }
+    }
+
+    /// A redactor that passes everything through (local debugging; reports say so).
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            known: Mutex::new(Known::default()),
+        }
+    }
+
+    /// True unless redaction was switched off.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Remembers a sensitive value so that it is replaced wherever it appears.
+    pub fn learn(&self, kind: Sensitive, value: &str) {
+        let value = value.trim();
+        // Very short values (initials, prefixes such as "de") would redact ordinary words.
+        if value.chars().count() < 3 {
+            return;
+        }
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.labels.contains_key(value) {
+            return;
+        }
+        let counter = known.counters.entry(kind).or_default();
+        *counter += 1;
+        let label = format!("[{}-{}]", kind.label(), counter);
+        known.labels.insert(value.to_owned(), label);
+    }
+
+    /// Learns every sensitive value a FHIR resource or a JSON answer holds.
+    pub fn learn_json(&self, value: &Value) {
+        match value {
+            Value::Object(map) => {
+                if is_bsn_identifier(map)
+                    && let Some(v) = map.get("value").and_then(Value::as_str)
+                {
+                    self.learn(Sensitive::Bsn, v);
+                }
+                for (key, child) in map {
+                    match key.as_str() {
+                        "birthDate" => {
+                            if let Some(date) = child.as_str() {
+                                self.learn(Sensitive::BirthDate, date);
+                                self.learn(Sensitive::BirthDate, &date.replace('-', ""));
+                            }
+                        }
+                        "name" if is_human_name_list(child) => self.learn_strings(Sensitive::Name, child),
+                        "address" => self.learn_strings(Sensitive::Address, child),
+                        "telecom" => self.learn_strings(Sensitive::Address, child),
+                        k if SECRET_KEYS.contains(&k) => {
+                            if let Some(s) = child.as_str() {
+                                self.learn(Sensitive::Token, s);
+                            }
+                        }
+                        _ => {}
+                    }
+                    if key == "input" {
+                        self.learn_authorization_bases(child);
+                    }
+                    self.learn_json(child);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| self.learn_json(i)),
+            _ => {}
+        }
+    }
+
+    /// Learns the secret fields of a form body.
+    pub fn learn_form(&self, body: &[u8]) {
+        for (name, value) in url::form_urlencoded::parse(body) {
+            if name == "authorization_base" {
+                self.learn(Sensitive::AuthorizationBase, &value);
+            } else if SECRET_KEYS.contains(&name.as_ref()) {
+                self.learn(Sensitive::Token, &value);
+            }
+        }
+    }
+
+    fn learn_strings(&self, kind: Sensitive, value: &Value) {
+        match value {
+            Value::String(s) => {
+                self.learn(kind, s);
+                // Also each word, so "Jansen" is caught inside other texts.
+                for word in s.split_whitespace() {
+                    self.learn(kind, word.trim_matches(|c: char| !c.is_alphanumeric()));
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| self.learn_strings(kind, i)),
+            Value::Object(map) => {
+                for (key, child) in map {
+                    if key != "use" && key != "system" && key != "type" && key != "extension" {
+                        self.learn_strings(kind, child);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn learn_authorization_bases(&self, inputs: &Value) {
+        for input in inputs.as_array().into_iter().flatten() {
+            let is_base = input["type"]["coding"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["code"] == "authorization-base");
+            if is_base && let Some(v) = input["valueString"].as_str() {
+                self.learn(Sensitive::AuthorizationBase, v);
+            }
+        }
+    }
+
+    /// Redacts free text: known values first (longest first), then patterns that catch
+    /// what was never learned: bearer tokens, JWTs, and 9-digit numbers passing the 11-proef.
+    pub fn text(&self, text: &str) -> String {
+        if !self.enabled {
+            return text.to_owned();
+        }
+        let mut out = text.to_owned();
+        {
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            let mut values: Vec<(&String, &String)> = known.labels.iter().collect();
+            values.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+            for (value, label) in values {
+                if out.contains(value.as_str()) {
+                    out = out.replace(value.as_str(), label);
+                }
+                let encoded = crate::fhir::search::encode(value);
+                if encoded != *value && out.contains(&encoded) {
+                    out = out.replace(&encoded, label);
+                }
+            }
+        }
+        redact_bearer(&redact_jwts(&redact_bsn_like(&out)))
+    }
+
+    /// Redacts a JSON value: structure-aware rules, then [`Self::text`] on every string.
+    pub fn json(&self, value: &Value) -> Value {
+        if !self.enabled {
+            return value.clone();
+        }
+        match value {
+            Value::Object(map) => {
+                let is_binary = map.get("resourceType").and_then(Value::as_str) == Some("Binary");
+                let mut out = Map::new();
+                for (key, child) in map {
+                    let redacted = match key.as_str() {
+                        "birthDate" => Value::String("[birth-date]".to_owned()),
+                        "name" if is_human_name_list(child) => serde_json::json!([{ "text": "[name]" }]),
+                        "address" => serde_json::json!([{ "text": "[address]" }]),
+                        "telecom" => serde_json::json!([{ "value": "[telecom]" }]),
+                        "content" if is_binary => {
+                            let size = child.as_str().map(|s| s.len() * 3 / 4).unwrap_or(0);
+                            Value::String(format!("[letter content, about {size} bytes]"))
+                        }
+                        "value" if is_bsn_identifier(map) => Value::String(self.label_or(child, "[bsn]")),
+                        k if SECRET_KEYS.contains(&k) => Value::String(self.label_or(child, "[secret]")),
+                        _ => self.json(child),
+                    };
+                    out.insert(key.clone(), redacted);
+                }
+                Value::Object(out)
+            }
+            Value::Array(items) => Value::Array(items.iter().map(|i| self.json(i)).collect()),
+            Value::String(s) => Value::String(self.text(s)),
+            other => other.clone(),
+        }
+    }
+
+    fn label_or(&self, value: &Value, fallback: &str) -> String {
+        let redacted = value.as_str().map(|s| self.text(s));
+        match (value.as_str(), redacted) {
+            (Some(original), Some(r)) if r != original => r,
+            _ => fallback.to_owned(),
+        }
+    }
+
+    /// Redacts a form body and shows it decoded, one field a line.
+    pub fn form(&self, body: &[u8]) -> String {
+        url::form_urlencoded::parse(body)
+            .map(|(name, value)| {
+                let shown = if self.enabled && SECRET_KEYS.contains(&name.as_ref()) {
+                    let redacted = self.text(&value);
+                    if redacted == value { "[secret]".to_owned() } else { redacted }
+                } else {
+                    self.text(&value)
+                };
+                format!("{name}={shown}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Redacts a header value; `Authorization` and cookies never show their values.
+    pub fn header(&self, name: &str, value: &str) -> String {
+        if !self.enabled {
+            return value.to_owned();
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower == "authorization" {
+            let scheme = value.split_whitespace().next().unwrap_or("");
+            return format!("{scheme} [token]");
+        }
+        if lower == "cookie" || lower == "set-cookie" {
+            return "[redacted]".to_owned();
+        }
+        self.text(value)
+    }
+}
+
+fn is_bsn_identifier(map: &Map<String, Value>) -> bool {
+    matches!(map.get("system").and_then(Value::as_str), Some(BSN_SYSTEM | BSN_OID))
+}
+
+fn is_human_name_list(value: &Value) -> bool {
+    let looks_human = |v: &Value| v.get("family").is_some() || v.get("given").is_some() || v.get("text").is_some();
+    match value {
+        Value::Array(items) => items.iter().any(looks_human),
+        Value::Object(_) => looks_human(value),
+        _ => false,
+    }
+}
+
+/// Replaces runs of exactly nine digits that pass the 11-proef.
+fn redact_bsn_like(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii_digit() {
+            let start = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            let run = &text[start..i];
+            if run.len() == 9 && Bsn::parse(run).is_ok() {
+                out.push_str("[bsn]");
+            } else {
+                out.push_str(run);
+            }
+        } else {
+            let ch = text[i..].chars().next().unwrap_or(' ');
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    out
+}
+
+/// Replaces compact JWS values (`eyJ….….…`).
+fn redact_jwts(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("eyJ") {
+        out.push_str(&rest[..start]);
+        let candidate = &rest[start..];
+        let end = candidate
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+            .unwrap_or(candidate.len());
+        let token = &candidate[..end];
+        if token.matches('.').count() == 2 {
+            out.push_str("[jwt]");
+        } else {
+            out.push_str(token);
+        }
+        rest = &candidate[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Replaces the credential after `Bearer `.
+fn redact_bearer(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("Bearer ") {
+        out.push_str(&rest[..start + 7]);
+        let after = &rest[start + 7..];
+        let end = after.find(|c: char| c.is_whitespace() || c == '"' || c == ',').unwrap_or(after.len());
+        out.push_str(if end > 0 { "[token]" } else { "" });
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn patient() -> Value {
+        json!({"resourceType":"Patient","identifier":[{"system":BSN_SYSTEM,"value":"999000019"}],
+               "name":[{"family":"Jansen-de Vries","given":["Marieke"]}],"birthDate":"1950-03-01",
+               "address":[{"line":["Dorpsstraat 12"],"postalCode":"1234 AB","city":"Ergens"}]})
+    }
+
+    #[test]
+    fn learned_values_disappear_from_any_text_with_stable_labels() {
+        let redactor = Redactor::new();
+        redactor.learn_json(&patient());
+        let text = "Patient?identifier=http://fhir.nl/fhir/NamingSystem/bsn%7C999000019 Marieke Jansen-de Vries 19500301";
+        let redacted = redactor.text(text);
+        for secret in ["999000019", "Marieke", "Jansen", "19500301"] {
+            assert!(!redacted.contains(secret), "{redacted}");
+        }
+        assert!(redacted.contains("[bsn-1]"));
+        assert_eq!(redactor.text("999000019"), redacted.split("%7C").nth(1).unwrap().split(' ').next().unwrap());
+    }
+
+    #[test]
+    fn structure_rules_catch_unlearned_patients() {
+        let redactor = Redactor::new();
+        let out = redactor.json(&patient()).to_string();
+        for secret in ["999000019", "Marieke", "1950-03-01", "Dorpsstraat"] {
+            assert!(!out.contains(secret), "{out}");
+        }
+    }
+
+    #[test]
+    fn tokens_jwts_and_bsn_like_numbers_are_caught_by_pattern() {
+        let redactor = Redactor::new();
+        let text = "Authorization: Bearer abc.def-123 then eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0. and 999000019 but not 123456789";
+        let out = redactor.text(text);
+        assert!(!out.contains("abc.def-123"));
+        assert!(!out.contains("eyJhbGci"));
+        assert!(!out.contains("999000019"));
+        assert!(out.contains("123456789"), "a number failing the 11-proef is not a BSN: {out}");
+    }
+
+    #[test]
+    fn secrets_in_forms_and_headers_are_hidden() {
+        let redactor = Redactor::new();
+        let form = b"grant_type=x&authorization_base=ab-123456&client_assertion=eyJa.eyJb.c";
+        redactor.learn_form(form);
+        let shown = redactor.form(form);
+        assert!(!shown.contains("ab-123456") && !shown.contains("eyJa"), "{shown}");
+        assert_eq!(redactor.header("Authorization", "Bearer xyz"), "Bearer [token]");
+    }
+
+    #[test]
+    fn binary_content_is_never_shown() {
+        let redactor = Redactor::new();
+        let out = redactor.json(&json!({"resourceType":"Binary","contentType":"application/pdf","content":"JVBERi0xLjQK"}));
+        assert!(out["content"].as_str().unwrap().starts_with("[letter content"));
+    }
+
+    #[test]
+    fn a_disabled_redactor_passes_everything() {
+        let redactor = Redactor::disabled();
+        redactor.learn_json(&patient());
+        assert_eq!(redactor.text("999000019"), "999000019");
+    }
+}

@@ -1,0 +1,312 @@
+//! The scenario and phase models as written in YAML. Keys are kebab-case, unknown keys are
+//! errors, and the step and check vocabularies are closed.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+/// Which role the target plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// The target is the receiver; the harness sends.
+    TargetReceives,
+    /// The target is the sender; the harness receives.
+    TargetSends,
+}
+
+/// A checklist case of protocol.md §10.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ChecklistCase {
+    /// Patient known at both sides.
+    K,
+    /// Patient unknown at the receiver, registered after an SBV-Z check.
+    U,
+    /// The sender cancels the notification.
+    X,
+}
+
+/// A scenario file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ScenarioDoc {
+    pub id: Spanned<String>,
+    pub title: String,
+    /// The checklist case this scenario implements.
+    pub case: ChecklistCase,
+    /// Phases the scenario belongs to.
+    pub phases: Vec<Spanned<String>>,
+    pub direction: Direction,
+    /// Fixture key under `fixtures/patients/`.
+    pub patient: Spanned<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub steps: Vec<Spanned<StepDoc>>,
+}
+
+/// One step as written: exactly one action key plus optional checks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StepDoc {
+    pub name: Option<String>,
+    pub notify: Option<NotifyArgs>,
+    pub await_pull: Option<AwaitPullArgs>,
+    pub confirm: Option<ConfirmArgs>,
+    pub wait: Option<Spanned<String>>,
+    #[serde(default)]
+    pub checks: Vec<Spanned<CheckId>>,
+}
+
+/// How the referral letter is offered in the notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LetterOffer {
+    /// `DocumentReference?status=current` as a query input.
+    #[default]
+    Query,
+    /// `DocumentReference/{id}` as a read input.
+    Read,
+}
+
+/// Arguments of `notify`: the harness sends a notification to the target.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NotifyArgs {
+    #[serde(default)]
+    pub letter: LetterOffer,
+    /// Offer a workflow Task and ask the receiver to read it.
+    #[serde(default = "yes")]
+    pub workflow_task: bool,
+    /// Matches per searchset page the simulated sender serves.
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_page_size() -> usize {
+    50
+}
+
+/// Arguments of `await-pull`: wait for the target to pull.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AwaitPullArgs {
+    /// Longest wait for the pull to complete, e.g. `30s`.
+    #[serde(default)]
+    pub within: Option<Spanned<String>>,
+    /// Silence after the last request that ends the wait early, e.g. `1s`.
+    #[serde(default)]
+    pub quiet: Option<Spanned<String>>,
+}
+
+/// Arguments of `confirm`: a fact only the target's side can confirm.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfirmArgs {
+    /// The fact to confirm.
+    pub fact: ConfirmFact,
+    /// The question shown to a tester when no inspection API can answer it.
+    pub prompt: String,
+}
+
+/// Facts a confirm step can establish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfirmFact {
+    /// The referral is filed for the notified patient in the addressed department.
+    ReferralFiled,
+}
+
+/// The named checks a step can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckId {
+    /// The notification got `201 Created` with a `Location`.
+    NotificationAccepted,
+    /// The target requested a pull token carrying the notified authorization base.
+    TokenCarriesAuthorizationBase,
+    /// The target read the workflow Task it was asked to read.
+    WorkflowTaskRead,
+    /// The target ran every notified search.
+    EveryNotifiedSearchRun,
+    /// The target followed every `next` link it was given.
+    EveryPageFetched,
+    /// The target retrieved the letter's bytes, and stored them intact.
+    LetterRetrievedIntact,
+}
+
+impl CheckId {
+    /// The kebab-case name used in YAML and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckId::NotificationAccepted => "notification-accepted",
+            CheckId::TokenCarriesAuthorizationBase => "token-carries-authorization-base",
+            CheckId::WorkflowTaskRead => "workflow-task-read",
+            CheckId::EveryNotifiedSearchRun => "every-notified-search-run",
+            CheckId::EveryPageFetched => "every-page-fetched",
+            CheckId::LetterRetrievedIntact => "letter-retrieved-intact",
+        }
+    }
+
+    /// The step kind this check belongs to.
+    pub fn step_kind(self) -> StepKind {
+        match self {
+            CheckId::NotificationAccepted => StepKind::Notify,
+            _ => StepKind::AwaitPull,
+        }
+    }
+}
+
+/// The kinds of step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepKind {
+    Notify,
+    AwaitPull,
+    Confirm,
+    Wait,
+}
+
+impl StepKind {
+    /// The YAML key.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Notify => "notify",
+            StepKind::AwaitPull => "await-pull",
+            StepKind::Confirm => "confirm",
+            StepKind::Wait => "wait",
+        }
+    }
+}
+
+/// A validated step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub name: String,
+    pub action: Action,
+    pub checks: Vec<CheckId>,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Notify(NotifySettings),
+    AwaitPull { within: Duration, quiet: Duration },
+    Confirm { fact: ConfirmFact, prompt: String },
+    Wait(Duration),
+}
+
+/// Validated `notify` settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotifySettings {
+    pub letter: LetterOffer,
+    pub workflow_task: bool,
+    pub page_size: usize,
+}
+
+impl Action {
+    /// The step kind.
+    pub fn kind(&self) -> StepKind {
+        match self {
+            Action::Notify(_) => StepKind::Notify,
+            Action::AwaitPull { .. } => StepKind::AwaitPull,
+            Action::Confirm { .. } => StepKind::Confirm,
+            Action::Wait(_) => StepKind::Wait,
+        }
+    }
+}
+
+/// A validated scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    pub id: String,
+    pub title: String,
+    pub case: ChecklistCase,
+    pub phases: Vec<String>,
+    pub direction: Direction,
+    pub patient: String,
+    pub tags: Vec<String>,
+    pub steps: Vec<Step>,
+    /// The file it came from.
+    pub file: String,
+}
+
+/// Where a phase runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Environment {
+    /// The Twiin test and validation environment: SBV-Z is simulated.
+    Test,
+    /// Production: SBV-Z is real, its checks are confirm steps.
+    Production,
+}
+
+/// A phase file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PhaseDoc {
+    pub id: Spanned<String>,
+    pub title: String,
+    pub environment: Environment,
+    /// Checklist cases the phase requires; each needs a scenario in this phase.
+    pub cases: Vec<Spanned<ChecklistCase>>,
+    pub matrix: MatrixDoc,
+    #[serde(default)]
+    pub attestations: Vec<Attestation>,
+}
+
+/// The phase's matrix as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MatrixDoc {
+    /// Organisations the harness plays.
+    pub counterparts: Vec<CounterpartDoc>,
+    /// Which of the target's departments take part: `first`, `all`, or a list of ids.
+    #[serde(default)]
+    pub target_departments: Option<Spanned<DepartmentSelection>>,
+}
+
+/// Which target departments a phase uses.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum DepartmentSelection {
+    /// `first` or `all`.
+    Keyword(String),
+    /// Explicit department ids.
+    List(Vec<String>),
+}
+
+/// An organisation the harness plays in a phase.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CounterpartDoc {
+    pub name: String,
+    pub ura: String,
+    pub departments: Vec<String>,
+}
+
+/// An organisational checklist item carried into the report.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Attestation {
+    pub id: String,
+    pub text: String,
+}
+
+/// A validated phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub id: String,
+    pub title: String,
+    pub environment: Environment,
+    pub cases: Vec<ChecklistCase>,
+    pub counterparts: Vec<CounterpartDoc>,
+    pub target_departments: DepartmentSelection,
+    pub attestations: Vec<Attestation>,
+    pub file: String,
+}

@@ -1,0 +1,226 @@
+//! Target files: the node under test, its organisation and departments, its endpoints,
+//! where the harness's simulators listen, its protocol profile and the patients it knows.
+//! With no target file, the embedded reference node is the target.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use super::load::{InputError, parse_duration, parse_yaml, read_text};
+use crate::fhir::catalogue::{CatalogueId, LastKnownForm, QueryOptions};
+use crate::node::Department;
+use crate::protocol::notification::Ident;
+
+/// Whether the harness starts the target itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// The reference node, started in-process on ports the OS picks.
+    Embedded,
+    /// A node reached over the network at the configured endpoints.
+    Remote,
+}
+
+/// The protocol profile: settings where the agreement leaves a choice (protocol.md §13).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ProtocolProfile {
+    #[serde(default)]
+    pub catalogue: CatalogueId,
+    #[serde(default)]
+    pub last_known: LastKnownForm,
+    #[serde(default = "yes")]
+    pub provenance: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ProtocolProfile {
+    fn default() -> Self {
+        Self {
+            catalogue: CatalogueId::Msz2,
+            last_known: LastKnownForm::SortCount,
+            provenance: true,
+        }
+    }
+}
+
+impl ProtocolProfile {
+    /// The catalogue options this profile asks for.
+    pub fn query_options(&self) -> QueryOptions {
+        QueryOptions {
+            catalogue: self.catalogue,
+            last_known: self.last_known,
+            provenance: self.provenance,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TargetDoc {
+    name: String,
+    kind: TargetKind,
+    organisation: OrganisationDoc,
+    departments: Vec<Department>,
+    #[serde(default)]
+    endpoints: Option<Spanned<EndpointsDoc>>,
+    #[serde(default)]
+    simulators: Option<SimulatorsDoc>,
+    #[serde(default)]
+    protocol: ProtocolProfile,
+    #[serde(default)]
+    known_patients: Vec<String>,
+    #[serde(default)]
+    exchange_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct OrganisationDoc {
+    name: String,
+    ura: Spanned<String>,
+}
+
+/// The target's endpoints.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EndpointsDoc {
+    /// FHIR base that accepts `POST Task` (notifications).
+    pub notification: String,
+    /// Token endpoint of the target's authorization server.
+    pub token: String,
+    /// Inspection API (reference node only): answers confirm steps automatically.
+    #[serde(default)]
+    pub inspect: Option<String>,
+    /// Control API (reference node only): the harness registers its simulators there.
+    #[serde(default)]
+    pub control: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct SimulatorsDoc {
+    listen: Spanned<String>,
+    #[serde(default)]
+    public_base: Option<String>,
+}
+
+/// A validated target.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub kind: TargetKind,
+    pub organisation_name: String,
+    pub ura: String,
+    pub departments: Vec<Department>,
+    /// Set for remote targets.
+    pub endpoints: Option<EndpointsDoc>,
+    /// Where the simulators listen.
+    pub simulator_listen: SocketAddr,
+    /// How the target reaches the simulators, when not at `simulator_listen`.
+    pub simulator_public_base: Option<String>,
+    pub protocol: ProtocolProfile,
+    /// Fixture keys of the patients the target knows.
+    pub known_patients: Vec<String>,
+    pub exchange_timeout: Duration,
+    /// The file it came from, or `(embedded)`.
+    pub file: String,
+}
+
+/// URA of the embedded reference node.
+pub const EMBEDDED_URA: &str = "90000456";
+
+impl Target {
+    /// The embedded reference node with its defaults.
+    pub fn embedded() -> Self {
+        let department = |id: &str, name: &str| Department {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            identifier: Ident::new("urn:oid:2.999.90000456.1", id),
+        };
+        Self {
+            name: "reference-node (embedded)".to_owned(),
+            kind: TargetKind::Embedded,
+            organisation_name: "Referentieziekenhuis (reference node)".to_owned(),
+            ura: EMBEDDED_URA.to_owned(),
+            departments: vec![
+                department("cardiologie", "Cardiologie (poli)"),
+                department("longziekten", "Longziekten (verpleegafdeling)"),
+                department("interne", "Interne geneeskunde (poli)"),
+            ],
+            endpoints: None,
+            simulator_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            simulator_public_base: None,
+            protocol: ProtocolProfile::default(),
+            known_patients: vec!["known".to_owned(), "other".to_owned()],
+            exchange_timeout: Duration::from_secs(10),
+            file: "(embedded)".to_owned(),
+        }
+    }
+
+    /// Loads and validates a target file.
+    pub fn load(path: &Path) -> Result<Self, InputError> {
+        let file = path.display().to_string();
+        let text = read_text(path)?;
+        let doc: TargetDoc = parse_yaml(&file, &text)?;
+
+        let ura = &doc.organisation.ura;
+        if ura.value.len() != 8 || !ura.value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InputError::at(&file, &text, ura, "a URA is 8 digits, written as a string"));
+        }
+        if doc.departments.is_empty() {
+            return Err(InputError::File { file, message: "departments needs at least one department".to_owned() });
+        }
+        let endpoints = match (doc.kind, doc.endpoints) {
+            (TargetKind::Remote, None) => {
+                return Err(InputError::File { file, message: "a remote target needs endpoints (notification, token)".to_owned() });
+            }
+            (TargetKind::Remote, Some(spanned)) => {
+                for url in [&spanned.value.notification, &spanned.value.token] {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(InputError::at(&file, &text, &spanned, format!("`{url}` is not an http(s) URL")));
+                    }
+                }
+                Some(spanned.value)
+            }
+            (TargetKind::Embedded, Some(spanned)) => {
+                return Err(InputError::at(&file, &text, &spanned, "an embedded target picks its own endpoints; remove `endpoints` or use kind: remote"));
+            }
+            (TargetKind::Embedded, None) => None,
+        };
+        let (listen, public_base) = match doc.simulators {
+            None => (SocketAddr::from(([127, 0, 0, 1], 0)), None),
+            Some(sims) => {
+                let listen: SocketAddr = sims.listen.value.parse().map_err(|_| {
+                    InputError::at(&file, &text, &sims.listen, format!("expected an address such as 127.0.0.1:8400, found `{}`", sims.listen.value))
+                })?;
+                (listen, sims.public_base)
+            }
+        };
+        let exchange_timeout = match &doc.exchange_timeout {
+            None => Duration::from_secs(10),
+            Some(spanned) => parse_duration(&spanned.value).map_err(|m| InputError::at(&file, &text, spanned, m))?,
+        };
+
+        Ok(Self {
+            name: doc.name,
+            kind: doc.kind,
+            organisation_name: doc.organisation.name,
+            ura: doc.organisation.ura.value,
+            departments: doc.departments,
+            endpoints,
+            simulator_listen: listen,
+            simulator_public_base: public_base,
+            protocol: doc.protocol,
+            known_patients: doc.known_patients,
+            exchange_timeout,
+            file,
+        })
+    }
+}
