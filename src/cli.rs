@@ -1,1 +1,386 @@
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The command line: argument parsing and wiring only. Exit codes: 0 every case passed,
+//! 1 a case failed, erred or did not run, 2 the input or configuration is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::mpsc;
+
+use crate::node::faults::{Fault, FaultSet};
+use crate::node::{NodeConfig, ReferenceNode};
+use crate::report::console::{Console, ProgressMode};
+use crate::report::{Collector, RunInfo};
+use crate::runner::outcome::{RunEvent, Verdict};
+use crate::runner::{RunOptions, prepare, run};
+use crate::scenario::InputError;
+use crate::scenario::load::{FileKind, file_kind, load_phase, load_scenario};
+use crate::scenario::plan::{Filters, Plan, Suite};
+use crate::scenario::target::Target;
+
+/// Exit code when every case passed.
+const EXIT_PASS: u8 = 0;
+/// Exit code when a case failed, erred or did not run.
+const EXIT_FAIL: u8 = 1;
+/// Exit code when the input or configuration is wrong.
+const EXIT_INPUT: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "bgz-harness", version, about = "Conformance harness for the BgZ referral over Twiin TA Notified Pull")]
+struct Cli {
+    /// The project folder holding scenarios/, fixtures/ and targets/.
+    #[arg(long, global = true, default_value = ".")]
+    root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the scenarios against a target (default: the embedded reference node).
+    Run(RunArgs),
+    /// Show the cases a run would execute.
+    List(PlanArgs),
+    /// Check scenario, phase and target files; with no files, the whole project.
+    Validate {
+        /// Files to check; phase files live in a `phases` folder, targets in `targets`.
+        files: Vec<PathBuf>,
+    },
+    /// The reference node as a standalone server, and its fault switches.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Args, Clone)]
+struct PlanArgs {
+    /// Target file; without one the embedded reference node is the target.
+    #[arg(long)]
+    target: Option<PathBuf>,
+    /// Only these phases (repeatable).
+    #[arg(long = "phase")]
+    phases: Vec<String>,
+    /// Only these scenarios (repeatable).
+    #[arg(long = "scenario")]
+    scenarios: Vec<String>,
+    /// Only scenarios with one of these tags (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Run the K-th of N shards, e.g. 2/4.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// Cases run at the same time.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Where the per-phase reports go.
+    #[arg(long, default_value = "reports")]
+    reports: PathBuf,
+    /// Stop starting cases after the first failure.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Switch on a fault in the embedded reference node (repeatable; see `node faults`).
+    #[arg(long = "node-fault")]
+    node_faults: Vec<Fault>,
+    /// Progress bar on stderr.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+    /// Keep BSNs, names, birth dates and tokens in reports (local debugging only; the
+    /// reports say so in red).
+    #[arg(long)]
+    unredacted: bool,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Serve the reference node until stopped (Ctrl-C).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8301")]
+        listen: SocketAddr,
+        /// Switch on a fault (repeatable).
+        #[arg(long = "fault")]
+        faults: Vec<Fault>,
+        /// Target file describing the node's organisation, departments and known patients.
+        #[arg(long)]
+        target: Option<PathBuf>,
+    },
+    /// List the fault switches, one name per line.
+    Faults {
+        /// Also say what each fault does.
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    let (k, n) = text.split_once('/').ok_or("expected K/N, e.g. 2/4")?;
+    let k: usize = k.parse().map_err(|_| "K must be a whole number")?;
+    let n: usize = n.parse().map_err(|_| "N must be a whole number")?;
+    if n == 0 || k == 0 || k > n {
+        return Err(format!("expected 1 <= K <= N, found {k}/{n}"));
+    }
+    Ok((k, n))
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    let code = runtime.block_on(dispatch(cli));
+    ExitCode::from(code)
+}
+
+async fn dispatch(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Run(args) => run_command(&cli.root, args).await,
+        Command::List(args) => list_command(&cli.root, &args),
+        Command::Validate { files } => validate_command(&cli.root, &files),
+        Command::Node { command: NodeCommand::Faults { verbose } } => {
+            for fault in Fault::ALL {
+                if verbose {
+                    println!("{:<24} {}", fault.name(), fault.effect());
+                } else {
+                    println!("{}", fault.name());
+                }
+            }
+            EXIT_PASS
+        }
+        Command::Node { command: NodeCommand::Serve { listen, faults, target } } => serve_command(&cli.root, listen, faults, target).await,
+    }
+}
+
+fn report_input_errors(errors: &[InputError]) -> u8 {
+    for error in errors {
+        eprintln!("error: {error}");
+    }
+    EXIT_INPUT
+}
+
+fn load_target(path: Option<&Path>) -> Result<Target, InputError> {
+    match path {
+        Some(path) => Target::load(path),
+        None => Ok(Target::embedded()),
+    }
+}
+
+fn load_plan(root: &Path, args: &PlanArgs) -> Result<(Suite, Target, Plan), u8> {
+    let suite = Suite::load(root).map_err(|errors| {
+        if !root.join("scenarios").is_dir() {
+            eprintln!("error: {} has no scenarios/ folder; run from the project folder or pass --root", root.display());
+            return EXIT_INPUT;
+        }
+        report_input_errors(&errors)
+    })?;
+    let target = load_target(args.target.as_deref()).map_err(|e| report_input_errors(&[e]))?;
+    let filters = Filters {
+        phases: args.phases.clone(),
+        scenarios: args.scenarios.clone(),
+        tags: args.tags.clone(),
+        shard: args.shard,
+    };
+    let plan = Plan::build(&suite, &target, &filters).map_err(|e| report_input_errors(&[e]))?;
+    Ok((suite, target, plan))
+}
+
+fn list_command(root: &Path, args: &PlanArgs) -> u8 {
+    let (_, target, plan) = match load_plan(root, args) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    println!("target: {}", target.name);
+    for case in &plan.cases {
+        println!("{}", case.id);
+    }
+    eprintln!("{} case(s)", plan.cases.len());
+    EXIT_PASS
+}
+
+fn validate_command(root: &Path, files: &[PathBuf]) -> u8 {
+    let mut errors = Vec::new();
+    if files.is_empty() {
+        if let Err(found) = Suite::load(root) {
+            errors.extend(found);
+        }
+        if let Ok(targets) = crate::scenario::load::yaml_files(&root.join("targets")) {
+            errors.extend(targets.iter().filter_map(|t| Target::load(t).err()));
+        }
+    }
+    for file in files {
+        let result = match file_kind(file) {
+            FileKind::Scenario => load_scenario(file).map(|_| ()),
+            FileKind::Phase => load_phase(file).map(|_| ()),
+            FileKind::Target => Target::load(file).map(|_| ()),
+        };
+        match result {
+            Ok(()) => println!("ok {}", file.display()),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        if files.is_empty() {
+            println!("ok: every scenario, phase and target file in {} is valid", root.display());
+        }
+        EXIT_PASS
+    } else {
+        report_input_errors(&errors)
+    }
+}
+
+async fn run_command(root: &Path, args: RunArgs) -> u8 {
+    let (_suite, target, plan) = match load_plan(root, &args.plan) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    if plan.cases.is_empty() {
+        eprintln!("error: the filters leave no case to run");
+        return EXIT_INPUT;
+    }
+    let node_faults: FaultSet = args.node_faults.iter().copied().collect();
+    if !node_faults.is_empty() && target.endpoints.is_some() {
+        eprintln!("error: --node-fault applies to the embedded reference node only; for a standalone node use `node serve --fault`");
+        return EXIT_INPUT;
+    }
+    let options = RunOptions {
+        jobs: args.jobs,
+        fail_fast: args.fail_fast,
+        node_faults,
+        unredacted: args.unredacted,
+    };
+    let handle = match prepare(&plan, &target, root, &options).await {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INPUT;
+        }
+    };
+
+    let info = RunInfo {
+        harness_version: env!("CARGO_PKG_VERSION").to_owned(),
+        target: format!("{} ({})", target.name, target.file),
+        started_at: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        node_faults: options.node_faults.iter().map(|f| f.name().to_owned()).collect(),
+        unredacted: handle.unredacted(),
+    };
+    let (sender, mut receiver) = mpsc::unbounded_channel::<RunEvent>();
+    let mut collector = Collector::new(&args.reports, plan.phases.clone(), info);
+    let mut console = Console::new(args.progress);
+    let reporters = tokio::spawn(async move {
+        let mut written = Ok(Vec::new());
+        while let Some(event) = receiver.recv().await {
+            console.handle(&event);
+            match collector.handle(&event) {
+                Ok(dirs) if dirs.is_empty() => {}
+                other => written = other,
+            }
+        }
+        written
+    });
+
+    let verdict = run(handle, &plan, &options, sender, shutdown_signal()).await;
+    let written = match reporters.await {
+        Ok(written) => written,
+        Err(e) => {
+            eprintln!("error: the reporters stopped unexpectedly: {e}");
+            return EXIT_INPUT;
+        }
+    };
+    match written {
+        Ok(dirs) => {
+            for dir in dirs {
+                eprintln!("reports: {}", dir.display());
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INPUT;
+        }
+    }
+    if verdict == Verdict::Pass { EXIT_PASS } else { EXIT_FAIL }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn serve_command(root: &Path, listen: SocketAddr, faults: Vec<Fault>, target: Option<PathBuf>) -> u8 {
+    let target = match load_target(target.as_deref()) {
+        Ok(target) => target,
+        Err(e) => return report_input_errors(&[e]),
+    };
+    let mut register = crate::fhir::store::ResourceStore::default();
+    for key in &target.known_patients {
+        match crate::runner::fixtures::PatientFixture::load(root, key) {
+            Ok(fixture) => {
+                if let Some(patient) = fixture.patient() {
+                    let _ = register.add(patient.clone());
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_INPUT;
+            }
+        }
+    }
+    let node = match ReferenceNode::start(NodeConfig {
+        name: target.name.clone(),
+        ura: target.ura.clone(),
+        departments: target.departments.clone(),
+        register,
+        faults: faults.iter().copied().collect(),
+        listen,
+    })
+    .await
+    {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("error: failed to listen on {listen}: {e}");
+            return EXIT_INPUT;
+        }
+    };
+    let endpoints = node.endpoints();
+    println!("reference node listening on {}", node.addr());
+    println!("  notification: {}", endpoints.notification_base);
+    println!("  token:        {}", endpoints.token_url);
+    println!("  inspect:      {}", endpoints.inspect_url);
+    println!("  control:      {}", endpoints.control_url);
+    if !faults.is_empty() {
+        let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
+        println!("  faults on:    {}", names.join(", "));
+    }
+    shutdown_signal().await;
+    EXIT_PASS
+}

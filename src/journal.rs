@@ -168,6 +168,8 @@ pub struct Journal {
     next_id: AtomicU64,
     exchanges: Mutex<Vec<Exchange>>,
     changed: Notify,
+    /// When the last recorded exchange ended, in ms since the start.
+    last_activity_ms: AtomicU64,
 }
 
 impl Default for Journal {
@@ -184,6 +186,7 @@ impl Journal {
             next_id: AtomicU64::new(1),
             exchanges: Mutex::new(Vec::new()),
             changed: Notify::new(),
+            last_activity_ms: AtomicU64::new(0),
         }
     }
 
@@ -199,6 +202,8 @@ impl Journal {
 
     /// Records an exchange and wakes everyone waiting for activity.
     pub fn record(&self, exchange: Exchange) {
+        let ended = exchange.at_ms + u64::try_from(exchange.duration.as_millis()).unwrap_or(0);
+        self.last_activity_ms.fetch_max(ended, Ordering::Relaxed);
         self.lock().push(exchange);
         self.changed.notify_waiters();
     }
@@ -208,6 +213,21 @@ impl Journal {
         self.lock()
             .iter()
             .filter(|e| e.case_id.as_deref() == Some(case_id))
+            .cloned()
+            .collect()
+    }
+
+    /// When the most recent exchange of any case ended, in ms since the start.
+    pub fn last_activity_ms(&self) -> u64 {
+        self.last_activity_ms.load(Ordering::Relaxed)
+    }
+
+    /// Exchanges of no case (for example a token request with an unknown authorization
+    /// base) recorded at or after `since_ms`.
+    pub fn unattributed_since(&self, since_ms: u64) -> Vec<Exchange> {
+        self.lock()
+            .iter()
+            .filter(|e| e.case_id.is_none() && e.at_ms >= since_ms)
             .cloned()
             .collect()
     }

@@ -1,0 +1,338 @@
+//! The runner: sets up the target and the simulators, executes the planned cases
+//! concurrently with timeouts, judges them with the checks, and emits [`RunEvent`]s that
+//! every reporter consumes. An interrupted run still finishes its event stream, so reports
+//! are written for what ran.
+
+mod case;
+mod checks;
+pub mod fixtures;
+pub mod outcome;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::journal::{ExchangeKind, Journal, Party};
+use crate::node::faults::FaultSet;
+use crate::node::{NodeConfig, ReferenceNode, SenderEndpoints};
+use crate::redact::{Redactor, Sensitive};
+use crate::scenario::plan::{Plan, PlannedCase};
+use crate::scenario::target::{Target, TargetKind};
+use crate::sim::sender::SenderSim;
+use crate::transport::{ClientSettings, Outgoing, RecordingClient};
+use fixtures::Fixtures;
+use outcome::{CaseOutcome, ExchangeRecord, RunEvent, Verdict, redact_outcome};
+
+/// How a run behaves.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub jobs: usize,
+    pub fail_fast: bool,
+    /// Faults to switch on in the embedded reference node.
+    pub node_faults: FaultSet,
+    /// Keep patient data and secrets in reports (local debugging only).
+    pub unredacted: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            jobs: 4,
+            fail_fast: false,
+            node_faults: FaultSet::new(),
+            unredacted: false,
+        }
+    }
+}
+
+/// Why a run could not start. A run that starts always ends with events, never with this.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("failed to load a patient fixture: {0}")]
+    Fixture(String),
+    #[error("failed to start {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to build an HTTP client: {0}")]
+    Client(String),
+    #[error("failed to register the harness's sender with the target's control API: {0}")]
+    Control(String),
+}
+
+/// The endpoints the harness uses on the target.
+#[derive(Debug, Clone)]
+pub(crate) struct TargetEndpoints {
+    pub notification_base: String,
+    pub token_url: String,
+    pub inspect_url: Option<String>,
+}
+
+/// Everything cases share.
+pub(crate) struct RunContext {
+    pub target: Target,
+    pub endpoints: TargetEndpoints,
+    pub sender: SenderSim,
+    pub to_target: RecordingClient,
+    pub inspector: RecordingClient,
+    pub journal: Arc<Journal>,
+    pub fixtures: Fixtures,
+    /// Keeps the embedded node alive for the run.
+    _node: Option<ReferenceNode>,
+}
+
+/// Prepares the target and simulators for `plan`.
+pub async fn prepare(
+    plan: &Plan,
+    target: &Target,
+    root: &std::path::Path,
+    options: &RunOptions,
+) -> Result<Arc<RunContextHandle>, SetupError> {
+    let journal = Arc::new(Journal::new());
+    let patient_keys: BTreeSet<&str> = plan
+        .cases
+        .iter()
+        .map(|c| c.scenario.patient.as_str())
+        .chain(target.known_patients.iter().map(String::as_str))
+        .collect();
+    let fixtures = Fixtures::load(root, patient_keys).map_err(SetupError::Fixture)?;
+
+    let sender = SenderSim::start(target.simulator_listen, target.simulator_public_base.clone(), journal.clone())
+        .await
+        .map_err(|source| SetupError::Bind {
+            what: "the simulated sender",
+            addr: target.simulator_listen,
+            source,
+        })?;
+
+    let settings = ClientSettings {
+        timeout: target.exchange_timeout,
+        ..ClientSettings::default()
+    };
+    let client = |from, to| RecordingClient::new(&settings, journal.clone(), from, to).map_err(|e| SetupError::Client(e.to_string()));
+    let to_target = client(Party::HarnessSender, Party::Target)?;
+    let inspector = client(Party::HarnessInspector, Party::Target)?;
+
+    let counterparts: BTreeSet<&str> = plan.cases.iter().map(|c| c.counterpart.ura.as_str()).collect();
+    let sender_endpoints = |ura: &str| SenderEndpoints {
+        ura: ura.to_owned(),
+        fhir_base: sender.fhir_base(),
+        token_url: sender.token_url(),
+    };
+
+    let (endpoints, node) = match target.kind {
+        TargetKind::Embedded => {
+            let mut register = crate::fhir::store::ResourceStore::default();
+            for key in &target.known_patients {
+                if let Some(patient) = fixtures.patients.get(key).and_then(|f| f.patient()) {
+                    let _ = register.add(patient.clone());
+                }
+            }
+            let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            let node = ReferenceNode::start(NodeConfig {
+                name: target.name.clone(),
+                ura: target.ura.clone(),
+                departments: target.departments.clone(),
+                register,
+                faults: options.node_faults.clone(),
+                listen,
+            })
+            .await
+            .map_err(|source| SetupError::Bind {
+                what: "the reference node",
+                addr: listen,
+                source,
+            })?;
+            for ura in &counterparts {
+                node.register_sender(sender_endpoints(ura));
+            }
+            let e = node.endpoints();
+            let endpoints = TargetEndpoints {
+                notification_base: e.notification_base,
+                token_url: e.token_url,
+                inspect_url: Some(e.inspect_url),
+            };
+            (endpoints, Some(node))
+        }
+        TargetKind::Remote => {
+            let doc = target.endpoints.clone().ok_or_else(|| SetupError::Control("the target has no endpoints".to_owned()))?;
+            if let Some(control) = &doc.control {
+                for ura in &counterparts {
+                    let body = serde_json::to_vec(&sender_endpoints(ura)).unwrap_or_default();
+                    let request = Outgoing::with_body(reqwest::Method::POST, format!("{}/senders", control.trim_end_matches('/')), "application/json", body, ExchangeKind::Control);
+                    let exchange = inspector.send(request).await.map_err(|e| SetupError::Control(e.to_string()))?;
+                    let status = exchange.response.map(|r| r.status).unwrap_or(0);
+                    if !(200..300).contains(&status) {
+                        return Err(SetupError::Control(format!("{control}/senders answered {status}")));
+                    }
+                }
+            }
+            let endpoints = TargetEndpoints {
+                notification_base: doc.notification.trim_end_matches('/').to_owned(),
+                token_url: doc.token,
+                inspect_url: doc.inspect.map(|u| u.trim_end_matches('/').to_owned()),
+            };
+            (endpoints, None)
+        }
+    };
+
+    Ok(Arc::new(RunContextHandle {
+        context: RunContext {
+            target: target.clone(),
+            endpoints,
+            sender,
+            to_target,
+            inspector,
+            journal,
+            fixtures,
+            _node: node,
+        },
+        redactor: if options.unredacted { Redactor::disabled() } else { Redactor::new() },
+    }))
+}
+
+/// The prepared run: context plus the redactor every outcome passes.
+pub struct RunContextHandle {
+    pub(crate) context: RunContext,
+    redactor: Redactor,
+}
+
+impl RunContextHandle {
+    /// True when reports keep patient data.
+    pub fn unredacted(&self) -> bool {
+        !self.redactor.is_enabled()
+    }
+}
+
+/// Runs every case of `plan`, sending events to `events`. Stops early when `stop` resolves
+/// (Ctrl-C) or, with fail-fast, after the first failed case; cases that did not finish are
+/// reported as errors or not run, and the stream always ends with `Finished`.
+pub async fn run(
+    handle: Arc<RunContextHandle>,
+    plan: &Plan,
+    options: &RunOptions,
+    events: mpsc::UnboundedSender<RunEvent>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Verdict {
+    learn_fixture_secrets(&handle);
+    let _ = events.send(RunEvent::Started {
+        cases: plan.cases.len(),
+        phases: plan.phases.iter().map(|p| p.id.clone()).collect(),
+    });
+
+    let mut pending = plan.cases.iter().cloned().collect::<std::collections::VecDeque<_>>();
+    let mut running: JoinSet<CaseOutcome> = JoinSet::new();
+    let mut in_flight: HashMap<tokio::task::Id, PlannedCase> = HashMap::new();
+    let mut overall = Verdict::Pass;
+    let (mut interrupted, mut stopped_by_failure) = (false, false);
+    let jobs = options.jobs.max(1);
+    tokio::pin!(stop);
+
+    loop {
+        while !(interrupted || stopped_by_failure) && running.len() < jobs {
+            let Some(planned) = pending.pop_front() else { break };
+            let _ = events.send(RunEvent::CaseStarted {
+                id: planned.id.clone(),
+                name: planned.name.clone(),
+            });
+            let handle = handle.clone();
+            let case = planned.clone();
+            let task = running.spawn(async move { case::execute(&handle.context, &case).await });
+            in_flight.insert(task.id(), planned);
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            joined = running.join_next_with_id() => {
+                let Some(joined) = joined else { break };
+                let outcome = match joined {
+                    Ok((id, outcome)) => {
+                        in_flight.remove(&id);
+                        outcome
+                    }
+                    Err(error) => {
+                        // A case task that panicked is reported as an error, never lost.
+                        let Some(planned) = in_flight.remove(&error.id()) else { continue };
+                        case::aborted(&handle.context, &planned, &format!("the case stopped unexpectedly: {error}"))
+                    }
+                };
+                overall = overall.worst(outcome.verdict);
+                if options.fail_fast && outcome.verdict >= Verdict::Error {
+                    stopped_by_failure = true;
+                }
+                emit(&handle, &events, outcome);
+            }
+            () = &mut stop, if !interrupted => {
+                interrupted = true;
+                running.abort_all();
+                while running.join_next().await.is_some() {}
+                for (_, planned) in in_flight.drain() {
+                    let outcome = case::aborted(&handle.context, &planned, "the run was interrupted while this case ran");
+                    overall = overall.worst(outcome.verdict);
+                    emit(&handle, &events, outcome);
+                }
+                break;
+            }
+        }
+    }
+
+    for planned in pending {
+        let reason = if interrupted {
+            "not run: the run was interrupted"
+        } else {
+            "not run: --fail-fast stopped the run after a failure"
+        };
+        overall = overall.worst(Verdict::NotRun);
+        emit(&handle, &events, case::not_run(&planned, reason));
+    }
+    let _ = events.send(RunEvent::Finished { interrupted });
+    overall
+}
+
+fn emit(handle: &RunContextHandle, events: &mpsc::UnboundedSender<RunEvent>, mut outcome: CaseOutcome) {
+    let raw = handle.context.journal.for_case(&outcome.id);
+    for exchange in &raw {
+        learn_exchange_secrets(&handle.redactor, exchange);
+    }
+    outcome.exchanges = raw.iter().map(|e| ExchangeRecord::from_exchange(e, &handle.redactor)).collect();
+    let outcome = redact_outcome(outcome, &handle.redactor);
+    let _ = events.send(RunEvent::CaseFinished(Box::new(outcome)));
+}
+
+fn learn_fixture_secrets(handle: &RunContextHandle) {
+    for fixture in handle.context.fixtures.patients.values() {
+        if let Some(patient) = fixture.patient() {
+            handle.redactor.learn_json(patient);
+        }
+        handle.redactor.learn(Sensitive::Bsn, &fixture.scope.bsn);
+    }
+}
+
+fn learn_exchange_secrets(redactor: &Redactor, exchange: &crate::journal::Exchange) {
+    let bodies = std::iter::once(&exchange.request.body).chain(exchange.response.as_ref().map(|r| &r.body));
+    for body in bodies {
+        if let Some(json) = body.json() {
+            redactor.learn_json(&json);
+        } else if body
+            .content_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
+        {
+            redactor.learn_form(&body.bytes);
+        }
+    }
+    for (name, value) in &exchange.request.headers {
+        if name.eq_ignore_ascii_case("authorization")
+            && let Some(token) = value.strip_prefix("Bearer ")
+        {
+            redactor.learn(Sensitive::Token, token);
+        }
+    }
+}
