@@ -27,7 +27,11 @@ const EXIT_FAIL: u8 = 1;
 const EXIT_INPUT: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "bgz-harness", version, about = "Conformance harness for the BgZ referral over Twiin TA Notified Pull")]
+#[command(
+    name = "bgz-harness",
+    version,
+    about = "Conformance harness for the BgZ referral over Twiin TA Notified Pull"
+)]
 struct Cli {
     /// The project folder holding scenarios/, fixtures/ and targets/.
     #[arg(long, global = true, default_value = ".")]
@@ -133,7 +137,10 @@ fn parse_shard(text: &str) -> Result<(usize, usize), String> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: failed to start the async runtime: {e}");
@@ -149,7 +156,9 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Run(args) => run_command(&cli.root, args).await,
         Command::List(args) => list_command(&cli.root, &args),
         Command::Validate { files } => validate_command(&cli.root, &files),
-        Command::Node { command: NodeCommand::Faults { verbose } } => {
+        Command::Node {
+            command: NodeCommand::Faults { verbose },
+        } => {
             for fault in Fault::ALL {
                 if verbose {
                     println!("{:<24} {}", fault.name(), fault.effect());
@@ -159,7 +168,14 @@ async fn dispatch(cli: Cli) -> u8 {
             }
             EXIT_PASS
         }
-        Command::Node { command: NodeCommand::Serve { listen, faults, target } } => serve_command(&cli.root, listen, faults, target).await,
+        Command::Node {
+            command:
+                NodeCommand::Serve {
+                    listen,
+                    faults,
+                    target,
+                },
+        } => serve_command(&cli.root, listen, faults, target).await,
     }
 }
 
@@ -180,7 +196,10 @@ fn load_target(path: Option<&Path>) -> Result<Target, InputError> {
 fn load_plan(root: &Path, args: &PlanArgs) -> Result<(Suite, Target, Plan), u8> {
     let suite = Suite::load(root).map_err(|errors| {
         if !root.join("scenarios").is_dir() {
-            eprintln!("error: {} has no scenarios/ folder; run from the project folder or pass --root", root.display());
+            eprintln!(
+                "error: {} has no scenarios/ folder; run from the project folder or pass --root",
+                root.display()
+            );
             return EXIT_INPUT;
         }
         report_input_errors(&errors)
@@ -232,7 +251,10 @@ fn validate_command(root: &Path, files: &[PathBuf]) -> u8 {
     }
     if errors.is_empty() {
         if files.is_empty() {
-            println!("ok: every scenario, phase and target file in {} is valid", root.display());
+            println!(
+                "ok: every scenario, phase and target file in {} is valid",
+                root.display()
+            );
         }
         EXIT_PASS
     } else {
@@ -251,7 +273,9 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
     }
     let node_faults: FaultSet = args.node_faults.iter().copied().collect();
     if !node_faults.is_empty() && target.endpoints.is_some() {
-        eprintln!("error: --node-fault applies to the embedded reference node only; for a standalone node use `node serve --fault`");
+        eprintln!(
+            "error: --node-fault applies to the embedded reference node only; for a standalone node use `node serve --fault`"
+        );
         return EXIT_INPUT;
     }
     let options = RunOptions {
@@ -274,7 +298,11 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
         started_at: time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
-        node_faults: options.node_faults.iter().map(|f| f.name().to_owned()).collect(),
+        node_faults: options
+            .node_faults
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect(),
         unredacted: handle.unredacted(),
     };
     let (sender, mut receiver) = mpsc::unbounded_channel::<RunEvent>();
@@ -311,20 +339,25 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
             return EXIT_INPUT;
         }
     }
-    if verdict == Verdict::Pass { EXIT_PASS } else { EXIT_FAIL }
+    if verdict == Verdict::Pass {
+        EXIT_PASS
+    } else {
+        EXIT_FAIL
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -336,7 +369,12 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve_command(root: &Path, listen: SocketAddr, faults: Vec<Fault>, target: Option<PathBuf>) -> u8 {
+async fn serve_command(
+    root: &Path,
+    listen: SocketAddr,
+    faults: Vec<Fault>,
+    target: Option<PathBuf>,
+) -> u8 {
     let target = match load_target(target.as_deref()) {
         Ok(target) => target,
         Err(e) => return report_input_errors(&[e]),

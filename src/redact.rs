@@ -123,7 +123,9 @@ impl Redactor {
                                 self.learn(Sensitive::BirthDate, &date.replace('-', ""));
                             }
                         }
-                        "name" if is_human_name_list(child) => self.learn_strings(Sensitive::Name, child),
+                        "name" if is_human_name_list(child) => {
+                            self.learn_strings(Sensitive::Name, child)
+                        }
                         "address" => self.learn_strings(Sensitive::Address, child),
                         "telecom" => self.learn_strings(Sensitive::Address, child),
                         k if SECRET_KEYS.contains(&k) => {
@@ -225,15 +227,21 @@ impl Redactor {
                 for (key, child) in map {
                     let redacted = match key.as_str() {
                         "birthDate" => Value::String("[birth-date]".to_owned()),
-                        "name" if is_human_name_list(child) => serde_json::json!([{ "text": "[name]" }]),
+                        "name" if is_human_name_list(child) => {
+                            serde_json::json!([{ "text": "[name]" }])
+                        }
                         "address" => serde_json::json!([{ "text": "[address]" }]),
                         "telecom" => serde_json::json!([{ "value": "[telecom]" }]),
                         "content" if is_binary => {
                             let size = child.as_str().map(|s| s.len() * 3 / 4).unwrap_or(0);
                             Value::String(format!("[letter content, about {size} bytes]"))
                         }
-                        "value" if is_bsn_identifier(map) => Value::String(self.label_or(child, "[bsn]")),
-                        k if SECRET_KEYS.contains(&k) => Value::String(self.label_or(child, "[secret]")),
+                        "value" if is_bsn_identifier(map) => {
+                            Value::String(self.label_or(child, "[bsn]"))
+                        }
+                        k if SECRET_KEYS.contains(&k) => {
+                            Value::String(self.label_or(child, "[secret]"))
+                        }
                         _ => self.json(child),
                     };
                     out.insert(key.clone(), redacted);
@@ -260,7 +268,11 @@ impl Redactor {
             .map(|(name, value)| {
                 let shown = if self.enabled && SECRET_KEYS.contains(&name.as_ref()) {
                     let redacted = self.text(&value);
-                    if redacted == value { "[secret]".to_owned() } else { redacted }
+                    if redacted == value {
+                        "[secret]".to_owned()
+                    } else {
+                        redacted
+                    }
                 } else {
                     self.text(&value)
                 };
@@ -288,11 +300,16 @@ impl Redactor {
 }
 
 fn is_bsn_identifier(map: &Map<String, Value>) -> bool {
-    matches!(map.get("system").and_then(Value::as_str), Some(BSN_SYSTEM | BSN_OID))
+    matches!(
+        map.get("system").and_then(Value::as_str),
+        Some(BSN_SYSTEM | BSN_OID)
+    )
 }
 
 fn is_human_name_list(value: &Value) -> bool {
-    let looks_human = |v: &Value| v.get("family").is_some() || v.get("given").is_some() || v.get("text").is_some();
+    let looks_human = |v: &Value| {
+        v.get("family").is_some() || v.get("given").is_some() || v.get("text").is_some()
+    };
     match value {
         Value::Array(items) => items.iter().any(looks_human),
         Value::Object(_) => looks_human(value),
@@ -355,7 +372,9 @@ fn redact_bearer(text: &str) -> String {
     while let Some(start) = rest.find("Bearer ") {
         out.push_str(&rest[..start + 7]);
         let after = &rest[start + 7..];
-        let end = after.find(|c: char| c.is_whitespace() || c == '"' || c == ',').unwrap_or(after.len());
+        let end = after
+            .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
+            .unwrap_or(after.len());
         out.push_str(if end > 0 { "[token]" } else { "" });
         rest = &after[end..];
     }
@@ -384,7 +403,16 @@ mod tests {
             assert!(!redacted.contains(secret), "{redacted}");
         }
         assert!(redacted.contains("[bsn-1]"));
-        assert_eq!(redactor.text("999000019"), redacted.split("%7C").nth(1).unwrap().split(' ').next().unwrap());
+        assert_eq!(
+            redactor.text("999000019"),
+            redacted
+                .split("%7C")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+        );
     }
 
     #[test]
@@ -404,7 +432,10 @@ mod tests {
         assert!(!out.contains("abc.def-123"));
         assert!(!out.contains("eyJhbGci"));
         assert!(!out.contains("999000019"));
-        assert!(out.contains("123456789"), "a number failing the 11-proef is not a BSN: {out}");
+        assert!(
+            out.contains("123456789"),
+            "a number failing the 11-proef is not a BSN: {out}"
+        );
     }
 
     #[test]
@@ -413,15 +444,26 @@ mod tests {
         let form = b"grant_type=x&authorization_base=ab-123456&client_assertion=eyJa.eyJb.c";
         redactor.learn_form(form);
         let shown = redactor.form(form);
-        assert!(!shown.contains("ab-123456") && !shown.contains("eyJa"), "{shown}");
-        assert_eq!(redactor.header("Authorization", "Bearer xyz"), "Bearer [token]");
+        assert!(
+            !shown.contains("ab-123456") && !shown.contains("eyJa"),
+            "{shown}"
+        );
+        assert_eq!(
+            redactor.header("Authorization", "Bearer xyz"),
+            "Bearer [token]"
+        );
     }
 
     #[test]
     fn binary_content_is_never_shown() {
         let redactor = Redactor::new();
         let out = redactor.json(&json!({"resourceType":"Binary","contentType":"application/pdf","content":"JVBERi0xLjQK"}));
-        assert!(out["content"].as_str().unwrap().starts_with("[letter content"));
+        assert!(
+            out["content"]
+                .as_str()
+                .unwrap()
+                .starts_with("[letter content")
+        );
     }
 
     #[test]

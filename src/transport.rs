@@ -171,7 +171,9 @@ impl RecordingClient {
             builder = builder.header(name, value);
         }
         if let Some((content_type, bytes)) = &outgoing.body {
-            request.headers.push(("content-type".into(), content_type.clone()));
+            request
+                .headers
+                .push(("content-type".into(), content_type.clone()));
             request.body = Body {
                 bytes: bytes.clone(),
                 content_type: Some(content_type.clone()),
@@ -216,7 +218,12 @@ impl RecordingClient {
         let headers = response
             .headers()
             .iter()
-            .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect::<Vec<_>>();
         let content_type = response
             .headers()
@@ -365,7 +372,11 @@ const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;
 /// Largest response body kept in the journal for a served exchange.
 const MAX_RECORDED_RESPONSE: usize = 64 * 1024 * 1024;
 
-async fn record(State(recorder): State<Arc<Recorder>>, request: AxumRequest, next: Next) -> AxumResponse {
+async fn record(
+    State(recorder): State<Arc<Recorder>>,
+    request: AxumRequest,
+    next: Next,
+) -> AxumResponse {
     let id = recorder.journal.next_id();
     let at_ms = recorder.journal.now_ms();
     let started = Instant::now();
@@ -445,6 +456,11 @@ async fn record(State(recorder): State<Arc<Recorder>>, request: AxumRequest, nex
 fn header_pairs(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect()
 }

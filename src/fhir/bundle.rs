@@ -17,7 +17,11 @@ pub struct PageRequest {
 impl PageRequest {
     /// The page a request asks for: `_getpagesoffset` and `_count`, capped by the server's size.
     pub fn from_url(url: &SearchUrl, server_page_size: usize) -> Self {
-        let number = |name| url.values(name).next().and_then(|v| v.parse::<usize>().ok());
+        let number = |name| {
+            url.values(name)
+                .next()
+                .and_then(|v| v.parse::<usize>().ok())
+        };
         let size = number("_count")
             .map(|c| c.min(server_page_size))
             .unwrap_or(server_page_size)
@@ -53,11 +57,13 @@ pub fn searchset_page(
     let mut entries: Vec<Value> = on_page.iter().map(|r| entry(r, "match")).collect();
     entries.extend(includes.iter().map(|r| entry(r, "include")));
 
-    let mut links = vec![json!({ "relation": "self", "url": format!("{base}/{}", url.to_relative()) })];
+    let mut links =
+        vec![json!({ "relation": "self", "url": format!("{base}/{}", url.to_relative()) })];
     if end < total {
         let mut next = url.clone();
         next.params.retain(|(n, _)| n != "_getpagesoffset");
-        next.params.push(("_getpagesoffset".to_owned(), end.to_string()));
+        next.params
+            .push(("_getpagesoffset".to_owned(), end.to_string()));
         links.push(json!({ "relation": "next", "url": format!("{base}/{}", next.to_relative()) }));
     }
 
@@ -121,7 +127,10 @@ mod tests {
     #[test]
     fn pages_chain_through_next_links_and_sum_to_the_total() {
         let store = store_with(5);
-        let scope = PatientScope { patient_ref: "Patient/p".into(), bsn: "x".into() };
+        let scope = PatientScope {
+            patient_ref: "Patient/p".into(),
+            bsn: "x".into(),
+        };
         let base = "http://127.0.0.1:1/fhir";
         let mut url = SearchUrl::parse_relative("Condition").unwrap();
         let mut seen = 0;
@@ -130,7 +139,9 @@ mod tests {
             let hits = store.search(&url, &scope).unwrap();
             let bundle = searchset_page(&store, &url, &hits, PageRequest::from_url(&url, 2), base);
             assert_eq!(bundle["total"], 5);
-            seen += entries(&bundle).filter(|(_, m)| *m == Some("match")).count();
+            seen += entries(&bundle)
+                .filter(|(_, m)| *m == Some("match"))
+                .count();
             pages += 1;
             match next_link(&bundle) {
                 Some(next) => url = SearchUrl::parse(next, base).unwrap(),

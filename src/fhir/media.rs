@@ -74,7 +74,10 @@ mod tests {
     #[test]
     fn pdf_is_served_only_when_asked_for_and_possible() {
         assert_eq!(negotiate(Some("application/pdf"), true), Wanted::Pdf);
-        assert_eq!(negotiate(Some("application/pdf"), false), Wanted::Unmeetable);
+        assert_eq!(
+            negotiate(Some("application/pdf"), false),
+            Wanted::Unmeetable
+        );
         assert_eq!(negotiate(None, true), Wanted::FhirJson);
         assert_eq!(negotiate(Some("text/html"), true), Wanted::Unmeetable);
     }

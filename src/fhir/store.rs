@@ -112,9 +112,10 @@ impl ResourceStore {
         if value["resourceType"] == "Bundle" {
             let entries = value["entry"].as_array().cloned().unwrap_or_default();
             for (index, entry) in entries.into_iter().enumerate() {
-                let resource = entry.get("resource").cloned().ok_or_else(|| {
-                    format!("Bundle.entry[{index}] has no resource")
-                })?;
+                let resource = entry
+                    .get("resource")
+                    .cloned()
+                    .ok_or_else(|| format!("Bundle.entry[{index}] has no resource"))?;
                 self.add(resource)
                     .map_err(|e| format!("Bundle.entry[{index}]: {e}"))?;
             }
@@ -214,7 +215,7 @@ impl ResourceStore {
                     rtype.to_owned(),
                 ));
             }
-            matches.sort_by(|a, b| clinical_date(a).cmp(&clinical_date(b)));
+            matches.sort_by_key(|r| clinical_date(r));
             if descending {
                 matches.reverse();
             }
@@ -261,7 +262,8 @@ impl ResourceStore {
             let Some(param) = param else { continue };
             for resource in page {
                 for reference in include_references(resource, param) {
-                    let wanted_type = target.is_none_or(|t| reference.starts_with(&format!("{t}/")));
+                    let wanted_type =
+                        target.is_none_or(|t| reference.starts_with(&format!("{t}/")));
                     if let Some(found) = self.get(&reference).filter(|_| wanted_type) {
                         push(found, &mut out);
                     }
@@ -290,13 +292,17 @@ impl ResourceStore {
             .collect();
         let owned: Vec<String> = keys.iter().cloned().collect();
         for key in owned {
-            let Some(resource) = self.get(&key) else { continue };
+            let Some(resource) = self.get(&key) else {
+                continue;
+            };
             let mut refs = Vec::new();
             collect_references(resource, &mut refs);
             keys.extend(refs.into_iter().filter(|r| self.by_key.contains_key(r)));
         }
         for provenance in self.of_type("Provenance") {
-            if references_at(provenance, &["target"]).iter().any(|t| keys.contains(t))
+            if references_at(provenance, &["target"])
+                .iter()
+                .any(|t| keys.contains(t))
                 && let Some(key) = resource_key(provenance)
             {
                 keys.insert(key);
@@ -326,7 +332,10 @@ pub fn identifiers(resource: &Value) -> impl Iterator<Item = (&str, &str)> {
 /// `beneficiary` search parameters).
 fn patient_link_paths(resource_type: &str) -> &'static [&'static str] {
     match resource_type {
-        "AllergyIntolerance" | "Consent" | "NutritionOrder" | "Immunization"
+        "AllergyIntolerance"
+        | "Consent"
+        | "NutritionOrder"
+        | "Immunization"
         | "ImmunizationRecommendation" => &["patient"],
         "Coverage" => &["beneficiary"],
         "Appointment" => &["participant", "actor"],
@@ -584,7 +593,10 @@ mod tests {
     fn searches_stay_inside_the_authorized_patient() {
         let (store, scope) = store();
         let url = SearchUrl::parse_relative("Observation?code=http://loinc.org|85354-9").unwrap();
-        assert_eq!(ids(&store.search(&url, &scope).unwrap().matches), ["bp-old", "bp-new"]);
+        assert_eq!(
+            ids(&store.search(&url, &scope).unwrap().matches),
+            ["bp-old", "bp-new"]
+        );
     }
 
     #[test]
@@ -594,28 +606,42 @@ mod tests {
             "Observation?patient.identifier=http://fhir.nl/fhir/NamingSystem/bsn|999000020",
         )
         .unwrap();
-        assert_eq!(store.search(&url, &scope).unwrap_err(), SearchError::OtherPatient);
+        assert_eq!(
+            store.search(&url, &scope).unwrap_err(),
+            SearchError::OtherPatient
+        );
     }
 
     #[test]
     fn lastn_and_sort_with_count_give_the_newest() {
         let (store, scope) = store();
-        let lastn = SearchUrl::parse_relative("Observation/$lastn?code=http://loinc.org|85354-9").unwrap();
-        assert_eq!(ids(&store.search(&lastn, &scope).unwrap().matches), ["bp-new"]);
+        let lastn =
+            SearchUrl::parse_relative("Observation/$lastn?code=http://loinc.org|85354-9").unwrap();
+        assert_eq!(
+            ids(&store.search(&lastn, &scope).unwrap().matches),
+            ["bp-new"]
+        );
         let sorted = SearchUrl::parse_relative("Observation?_sort=-date&_count=1").unwrap();
-        assert_eq!(ids(&store.search(&sorted, &scope).unwrap().matches)[0], "bp-new");
+        assert_eq!(
+            ids(&store.search(&sorted, &scope).unwrap().matches)[0],
+            "bp-new"
+        );
     }
 
     #[test]
     fn includes_and_revincludes_are_resolved_per_page() {
         let (store, scope) = store();
-        let url = SearchUrl::parse_relative("Patient?_include=Patient:general-practitioner").unwrap();
+        let url =
+            SearchUrl::parse_relative("Patient?_include=Patient:general-practitioner").unwrap();
         let hits = store.search(&url, &scope).unwrap();
         assert_eq!(ids(&store.includes(&url, &hits.matches)), ["gp"]);
 
         let url = SearchUrl::parse_relative("Observation?_revinclude=Provenance:target").unwrap();
         let hits = store.search(&url, &scope).unwrap();
-        assert_eq!(ids(&store.includes(&url, &hits.matches[..1])), Vec::<&str>::new());
+        assert_eq!(
+            ids(&store.includes(&url, &hits.matches[..1])),
+            Vec::<&str>::new()
+        );
         assert_eq!(ids(&store.includes(&url, &hits.matches)), ["prov"]);
     }
 

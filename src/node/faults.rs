@@ -61,7 +61,9 @@ impl Fault {
     pub fn effect(self) -> &'static str {
         match self {
             Fault::NoLocation => "answers a notification 200 without a Location header",
-            Fault::OmitAuthorizationBase => "requests the pull token without the authorization base",
+            Fault::OmitAuthorizationBase => {
+                "requests the pull token without the authorization base"
+            }
             Fault::SkipWorkflowTask => "never reads the workflow task",
             Fault::PartialSearches => "runs only every other notified search",
             Fault::IgnorePaging => "ignores next links and reads only first pages",
@@ -105,6 +107,11 @@ mod tests {
         for fault in Fault::ALL {
             assert_eq!(fault.name().parse::<Fault>(), Ok(fault));
         }
-        assert!("nonsense".parse::<Fault>().unwrap_err().contains("skip-letter"));
+        assert!(
+            "nonsense"
+                .parse::<Fault>()
+                .unwrap_err()
+                .contains("skip-letter")
+        );
     }
 }

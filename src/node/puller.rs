@@ -28,7 +28,11 @@ struct Session<'a> {
     token: String,
 }
 
-pub(super) async fn pull(state: Arc<NodeState>, notification: ReceivedNotification, department: Option<String>) {
+pub(super) async fn pull(
+    state: Arc<NodeState>,
+    notification: ReceivedNotification,
+    department: Option<String>,
+) {
     let outcome = run_pull(&state, &notification).await;
     let department = if state.has(Fault::WrongDepartment) {
         state
@@ -100,7 +104,10 @@ struct Pulled {
     letter: Option<LetterCopy>,
 }
 
-async fn run_pull(state: &NodeState, notification: &ReceivedNotification) -> Result<Pulled, String> {
+async fn run_pull(
+    state: &NodeState,
+    notification: &ReceivedNotification,
+) -> Result<Pulled, String> {
     let sender_ura = notification
         .on_behalf_of
         .as_ref()
@@ -122,7 +129,9 @@ async fn run_pull(state: &NodeState, notification: &ReceivedNotification) -> Res
         && !state.has(Fault::SkipWorkflowTask)
         && let Some(task_ref) = &notification.based_on
     {
-        session.get_json(&format!("{}/{task_ref}", session.base)).await?;
+        session
+            .get_json(&format!("{}/{task_ref}", session.base))
+            .await?;
     }
 
     let mut pulled = Pulled::default();
@@ -143,7 +152,11 @@ async fn run_pull(state: &NodeState, notification: &ReceivedNotification) -> Res
         pulled.searches_run += 1;
     }
     for reference in &notification.reads {
-        resources.push(session.get_json(&format!("{}/{reference}", session.base)).await?);
+        resources.push(
+            session
+                .get_json(&format!("{}/{reference}", session.base))
+                .await?,
+        );
     }
     pulled.resources = resources.len();
 

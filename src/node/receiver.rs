@@ -47,9 +47,13 @@ fn outcome(status: StatusCode, code: &str, diagnostics: &str) -> Response {
 
 async fn token(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
     let form = parse_form(&body);
-    let error = |e: &str, d: &str| (StatusCode::BAD_REQUEST, Json(token_error(e, d))).into_response();
+    let error =
+        |e: &str, d: &str| (StatusCode::BAD_REQUEST, Json(token_error(e, d))).into_response();
     if form_value(&form, "grant_type") != Some(GRANT_TYPE) {
-        return error("unsupported_grant_type", "grant_type must be the JWT bearer grant");
+        return error(
+            "unsupported_grant_type",
+            "grant_type must be the JWT bearer grant",
+        );
     }
     let Some(assertion) = form_value(&form, "client_assertion") else {
         return error("invalid_client", "client_assertion is missing");
@@ -58,7 +62,10 @@ async fn token(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
         return error("invalid_client", &e.to_string());
     }
     let access_token = opaque_token("nt");
-    lock(&state.tokens).insert(access_token.clone(), unix_now() + NOTIFICATION_TOKEN_LIFETIME_S);
+    lock(&state.tokens).insert(
+        access_token.clone(),
+        unix_now() + NOTIFICATION_TOKEN_LIFETIME_S,
+    );
     Json(TokenResponse {
         access_token,
         token_type: "Bearer".to_owned(),
@@ -77,9 +84,17 @@ fn bearer_is_valid(state: &NodeState, headers: &HeaderMap) -> bool {
         .is_some_and(|expires| expires >= unix_now())
 }
 
-async fn notification(State(state): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn notification(
+    State(state): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !bearer_is_valid(&state, &headers) {
-        let mut response = outcome(StatusCode::UNAUTHORIZED, "login", "a valid Bearer token is required");
+        let mut response = outcome(
+            StatusCode::UNAUTHORIZED,
+            "login",
+            "a valid Bearer token is required",
+        );
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -98,7 +113,13 @@ async fn notification(State(state): State<Arc<NodeState>>, headers: HeaderMap, b
     }
     let task: Value = match serde_json::from_slice(&body) {
         Ok(task) => task,
-        Err(e) => return outcome(StatusCode::BAD_REQUEST, "structure", &format!("not JSON: {e}")),
+        Err(e) => {
+            return outcome(
+                StatusCode::BAD_REQUEST,
+                "structure",
+                &format!("not JSON: {e}"),
+            );
+        }
     };
     let received = match read_notification(&task) {
         Ok(received) => received,
@@ -110,7 +131,12 @@ async fn notification(State(state): State<Arc<NodeState>>, headers: HeaderMap, b
         Some(owner) if owner.value == state.config.ura => {
             state.config.departments.first().map(|d| d.id.clone())
         }
-        Some(owner) => match state.config.departments.iter().find(|d| d.identifier == *owner) {
+        Some(owner) => match state
+            .config
+            .departments
+            .iter()
+            .find(|d| d.identifier == *owner)
+        {
             Some(d) => Some(d.id.clone()),
             None => {
                 return outcome(
@@ -126,7 +152,10 @@ async fn notification(State(state): State<Arc<NodeState>>, headers: HeaderMap, b
     let location = format!("{}/fhir/Task/{task_id}", state.base);
     {
         let mut inbox = lock(&state.inbox);
-        if inbox.iter().any(|e| e.notification == received.identifier.value) {
+        if inbox
+            .iter()
+            .any(|e| e.notification == received.identifier.value)
+        {
             // Deduplicated on Task.identifier: the first delivery stands, no second pull.
             return fhir(StatusCode::OK, &task);
         }
@@ -167,6 +196,10 @@ async fn register_sender(State(state): State<Arc<NodeState>>, body: Bytes) -> Re
             lock(&state.senders).insert(endpoints.ura.clone(), endpoints);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(e) => (StatusCode::BAD_REQUEST, format!("expected {{ura, fhir_base, token_url}}: {e}")).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("expected {{ura, fhir_base, token_url}}: {e}"),
+        )
+            .into_response(),
     }
 }

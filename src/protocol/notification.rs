@@ -80,7 +80,9 @@ pub fn build_notification(spec: &NotificationSpec) -> Value {
         }));
     }
     for read in &spec.reads {
-        inputs.push(json!({ "type": parameter("read-resource"), "valueReference": { "reference": read } }));
+        inputs.push(
+            json!({ "type": parameter("read-resource"), "valueReference": { "reference": read } }),
+        );
     }
 
     let mut task = json!({
@@ -121,7 +123,12 @@ pub fn build_cancellation(identifier: &Ident, bsn: &str) -> Value {
 }
 
 /// Builds the workflow Task the sender serves (BgZ-verwijzing-Task).
-pub fn build_workflow_task(id: &str, patient_ref: &str, focus_ref: &str, period_end: &str) -> Value {
+pub fn build_workflow_task(
+    id: &str,
+    patient_ref: &str,
+    focus_ref: &str,
+    period_end: &str,
+) -> Value {
     json!({
         "resourceType": "Task",
         "id": id,
@@ -172,17 +179,31 @@ pub fn read_notification(task: &Value) -> Result<ReceivedNotification, Vec<Strin
         problems.push("resourceType is not Task".to_owned());
     }
     if task["status"] != "requested" {
-        problems.push(format!("status must be `requested`, found {}", task["status"]));
+        problems.push(format!(
+            "status must be `requested`, found {}",
+            task["status"]
+        ));
     }
     if task["intent"] != "proposal" {
-        problems.push(format!("intent must be `proposal`, found {}", task["intent"]));
+        problems.push(format!(
+            "intent must be `proposal`, found {}",
+            task["intent"]
+        ));
     }
-    let code_ok = task["code"]["coding"].as_array().into_iter().flatten().any(|c| {
-        c["code"] == PULL_NOTIFICATION
-            && matches!(c["system"].as_str(), Some(TASK_CODE_SYSTEM | TANP_CODE_SYSTEM))
-    });
+    let code_ok = task["code"]["coding"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c["code"] == PULL_NOTIFICATION
+                && matches!(
+                    c["system"].as_str(),
+                    Some(TASK_CODE_SYSTEM | TANP_CODE_SYSTEM)
+                )
+        });
     if !code_ok {
-        problems.push("code must be `pull-notification` (TaskCode or tanp-codes system)".to_owned());
+        problems
+            .push("code must be `pull-notification` (TaskCode or tanp-codes system)".to_owned());
     }
 
     let identifier = task["identifier"]
@@ -223,7 +244,9 @@ pub fn read_notification(task: &Value) -> Result<ReceivedNotification, Vec<Strin
         if is_parameter_system(system) && code == "authorization-base" {
             match input["valueString"].as_str() {
                 Some(value) if !value.is_empty() => authorization_base = Some(value.to_owned()),
-                _ => problems.push(format!("input[{index}]: authorization-base without valueString")),
+                _ => problems.push(format!(
+                    "input[{index}]: authorization-base without valueString"
+                )),
             }
         } else if is_parameter_system(system) && code == "get-workflow-task" {
             get_workflow_task = input["valueBoolean"] == true;
@@ -236,7 +259,9 @@ pub fn read_notification(task: &Value) -> Result<ReceivedNotification, Vec<Strin
         } else if let Some(reference) = input["valueReference"]["reference"].as_str() {
             reads.push(reference.to_owned());
         } else {
-            problems.push(format!("input[{index}] ({system}|{code}) has neither valueString nor valueReference"));
+            problems.push(format!(
+                "input[{index}] ({system}|{code}) has neither valueString nor valueReference"
+            ));
         }
     }
     if authorization_base.is_none() {
@@ -270,7 +295,10 @@ pub fn read_notification(task: &Value) -> Result<ReceivedNotification, Vec<Strin
 
 /// A fresh `urn:uuid:` identifier in the default system.
 pub fn new_identifier() -> Ident {
-    Ident::new(IDENTIFIER_SYSTEM, &format!("urn:uuid:{}", uuid::Uuid::new_v4()))
+    Ident::new(
+        IDENTIFIER_SYSTEM,
+        &format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+    )
 }
 
 #[cfg(test)]

@@ -195,7 +195,9 @@ pub fn parse_form(body: &[u8]) -> Vec<(String, String)> {
 
 /// The first value of a form field.
 pub fn form_value<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    form.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// RFC 6749 token response.
@@ -231,7 +233,10 @@ mod tests {
         let claims = AssertionClaims::new("client", "http://as/token", 1000, 60);
         let jwt = encode_jwt(&claims, &UnsignedJws);
         assert_eq!(validator.validate(&jwt, 1010).unwrap(), claims);
-        assert_eq!(validator.validate(&jwt, 1010), Err(AssertionError::Replayed));
+        assert_eq!(
+            validator.validate(&jwt, 1010),
+            Err(AssertionError::Replayed)
+        );
     }
 
     #[test]
@@ -244,9 +249,16 @@ mod tests {
         ));
         let claims = AssertionClaims::new("c", "http://as/token", 1000, 60);
         let jwt = encode_jwt(&claims, &UnsignedJws);
-        assert!(matches!(validator.validate(&jwt, 1066), Err(AssertionError::Expired { .. })));
+        assert!(matches!(
+            validator.validate(&jwt, 1066),
+            Err(AssertionError::Expired { .. })
+        ));
         let early = AssertionClaims::new("c", "http://as/token", 1003, 60);
-        assert!(validator.validate(&encode_jwt(&early, &UnsignedJws), 1000).is_ok());
+        assert!(
+            validator
+                .validate(&encode_jwt(&early, &UnsignedJws), 1000)
+                .is_ok()
+        );
         let future = AssertionClaims::new("c", "http://as/token", 1300, 60);
         assert!(matches!(
             validator.validate(&encode_jwt(&future, &UnsignedJws), 1000),
@@ -258,7 +270,10 @@ mod tests {
     fn garbage_is_refused_not_panicked_on() {
         let validator = AssertionValidator::new("a", 5);
         assert_eq!(validator.validate("x", 0), Err(AssertionError::Shape));
-        assert!(matches!(validator.validate("a.b.c", 0), Err(AssertionError::Encoding(_))));
+        assert!(matches!(
+            validator.validate("a.b.c", 0),
+            Err(AssertionError::Encoding(_))
+        ));
     }
 
     #[test]
@@ -268,6 +283,9 @@ mod tests {
         assert_eq!(form_value(&pairs, "authorization_base"), Some("ab-1"));
         assert_eq!(form_value(&pairs, "grant_type"), Some(GRANT_TYPE));
         let form = token_request_form("ca", "aa", None);
-        assert_eq!(form_value(&parse_form(form.as_bytes()), "authorization_base"), None);
+        assert_eq!(
+            form_value(&parse_form(form.as_bytes()), "authorization_base"),
+            None
+        );
     }
 }

@@ -28,16 +28,23 @@ impl Console {
         let draw = match mode {
             ProgressMode::Always => true,
             ProgressMode::Never => false,
-            ProgressMode::Auto => std::io::stderr().is_terminal() && std::env::var_os("CI").is_none(),
+            ProgressMode::Auto => {
+                std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()
+            }
         };
         let bar = draw.then(|| {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-            if let Ok(style) = ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {wide_msg}") {
+            if let Ok(style) =
+                ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {wide_msg}")
+            {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar
         });
-        Self { bar, finished: Vec::new() }
+        Self {
+            bar,
+            finished: Vec::new(),
+        }
     }
 
     /// Takes one event.
@@ -56,7 +63,12 @@ impl Console {
                 }
             }
             RunEvent::CaseFinished(outcome) => {
-                let line = format!("{:<7} {} ({} ms)", outcome.verdict.label(), outcome.id, outcome.duration_ms);
+                let line = format!(
+                    "{:<7} {} ({} ms)",
+                    outcome.verdict.label(),
+                    outcome.id,
+                    outcome.duration_ms
+                );
                 match &self.bar {
                     Some(bar) => {
                         bar.inc(1);
@@ -78,7 +90,11 @@ impl Console {
     }
 
     fn summary(&self, interrupted: bool) {
-        for case in self.finished.iter().filter(|c| c.verdict == Verdict::Fail || c.verdict == Verdict::Error) {
+        for case in self
+            .finished
+            .iter()
+            .filter(|c| c.verdict == Verdict::Fail || c.verdict == Verdict::Error)
+        {
             eprintln!("\n{} {}", case.verdict.label(), case.name);
             for line in case.problems() {
                 eprintln!("    {line}");

@@ -58,7 +58,11 @@ fn class(verdict: Verdict) -> &'static str {
 }
 
 fn headers(pairs: &[(String, String)]) -> String {
-    pairs.iter().map(|(n, v)| format!("{n}: {v}")).collect::<Vec<_>>().join("\n")
+    pairs
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Renders the phase page.
@@ -100,7 +104,10 @@ pub(super) fn render(report: &PhaseReport<'_>) -> String {
                 .iter()
                 .map(|record| ExchangeView {
                     record,
-                    status: record.status.map(|s| s.to_string()).unwrap_or_else(|| "no answer".to_owned()),
+                    status: record
+                        .status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "no answer".to_owned()),
                     request_headers: headers(&record.request_headers),
                     response_headers: headers(&record.response_headers),
                 })
@@ -108,5 +115,9 @@ pub(super) fn render(report: &PhaseReport<'_>) -> String {
         })
         .collect();
     let page = Page { report, cases };
-    page.render().unwrap_or_else(|e| format!("<!doctype html><title>report error</title><p>the report could not be rendered: {e}</p>"))
+    page.render().unwrap_or_else(|e| {
+        format!(
+            "<!doctype html><title>report error</title><p>the report could not be rendered: {e}</p>"
+        )
+    })
 }

@@ -74,7 +74,12 @@ fn steps_summary(case: &CaseOutcome) -> String {
     for step in &case.steps {
         out.push_str(&format!("{} {}\n", step.verdict.label(), step.name));
         for check in &step.checks {
-            out.push_str(&format!("  {} {}: {}\n", check.verdict.label(), check.check, check.message));
+            out.push_str(&format!(
+                "  {} {}: {}\n",
+                check.verdict.label(),
+                check.check,
+                check.message
+            ));
         }
     }
     out

@@ -16,8 +16,13 @@ use crate::fhir::media::FHIR_JSON;
 use crate::journal::ExchangeKind;
 use crate::node::{InboxEntry, InboxStatus};
 use crate::protocol::IDENTIFIER_SYSTEM;
-use crate::protocol::notification::{Ident, NotificationSpec, build_notification, build_workflow_task, new_identifier};
-use crate::protocol::token::{AssertionClaims, TokenResponse, UnsignedJws, encode_jwt, opaque_token, token_request_form, unix_now};
+use crate::protocol::notification::{
+    Ident, NotificationSpec, build_notification, build_workflow_task, new_identifier,
+};
+use crate::protocol::token::{
+    AssertionClaims, TokenResponse, UnsignedJws, encode_jwt, opaque_token, token_request_form,
+    unix_now,
+};
 use crate::scenario::model::{Action, ConfirmFact, Direction, LetterOffer, NotifySettings, Step};
 use crate::scenario::plan::PlannedCase;
 use crate::sim::sender::Share;
@@ -42,13 +47,28 @@ pub(super) async fn execute(ctx: &RunContext, planned: &PlannedCase) -> CaseOutc
     let started = Instant::now();
     let scenario = &planned.scenario;
     let Some(fixture) = ctx.fixtures.patients.get(&scenario.patient).cloned() else {
-        return single_problem(planned, Verdict::Error, "setup", format!("the patient fixture `{}` was not loaded", scenario.patient));
+        return single_problem(
+            planned,
+            Verdict::Error,
+            "setup",
+            format!("the patient fixture `{}` was not loaded", scenario.patient),
+        );
     };
     if scenario.direction == Direction::TargetSends {
-        return single_problem(planned, Verdict::NotRun, "setup", "not run: direction target-sends is not supported by this build".to_owned());
+        return single_problem(
+            planned,
+            Verdict::NotRun,
+            "setup",
+            "not run: direction target-sends is not supported by this build".to_owned(),
+        );
     }
 
-    let mut run = CaseRun { ctx, planned, fixture, state: CaseState::default() };
+    let mut run = CaseRun {
+        ctx,
+        planned,
+        fixture,
+        state: CaseState::default(),
+    };
     let mut steps = Vec::new();
     let mut halted: Option<String> = None;
     for step in &scenario.steps {
@@ -59,9 +79,13 @@ pub(super) async fn execute(ctx: &RunContext, planned: &PlannedCase) -> CaseOutc
         let step_started = Instant::now();
         let mut outcome = run.step(step).await;
         outcome.duration_ms = millis(step_started.elapsed());
-        let stops = outcome.verdict == Verdict::Error || (matches!(step.action, Action::Notify(_)) && run.state.sent.is_none());
+        let stops = outcome.verdict == Verdict::Error
+            || (matches!(step.action, Action::Notify(_)) && run.state.sent.is_none());
         if stops {
-            halted = Some(format!("not run: step `{}` could not be completed", step.name));
+            halted = Some(format!(
+                "not run: step `{}` could not be completed",
+                step.name
+            ));
         }
         steps.push(outcome);
     }
@@ -78,9 +102,18 @@ fn finish(planned: &PlannedCase, steps: Vec<StepOutcome>, started: Instant) -> C
         scenario: scenario.id.clone(),
         title: scenario.title.clone(),
         checklist_case: format!("{:?}", scenario.case),
-        direction: serde_json::to_value(scenario.direction).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
-        counterpart: format!("{} ({}) department {}", planned.counterpart.name, planned.counterpart.ura, planned.counterpart.department),
-        target_department: format!("{} ({})", planned.target_department.name, planned.target_department.id),
+        direction: serde_json::to_value(scenario.direction)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        counterpart: format!(
+            "{} ({}) department {}",
+            planned.counterpart.name, planned.counterpart.ura, planned.counterpart.department
+        ),
+        target_department: format!(
+            "{} ({})",
+            planned.target_department.name, planned.target_department.id
+        ),
         verdict,
         steps,
         exchanges: Vec::new(),
@@ -92,7 +125,12 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn single_problem(planned: &PlannedCase, verdict: Verdict, name: &str, problem: String) -> CaseOutcome {
+fn single_problem(
+    planned: &PlannedCase,
+    verdict: Verdict,
+    name: &str,
+    problem: String,
+) -> CaseOutcome {
     let step = StepOutcome {
         name: name.to_owned(),
         kind: name.to_owned(),
@@ -112,7 +150,12 @@ pub(super) fn aborted(_ctx: &RunContext, planned: &PlannedCase, reason: &str) ->
 
 /// A case that never started.
 pub(super) fn not_run(planned: &PlannedCase, reason: &str) -> CaseOutcome {
-    let steps = planned.scenario.steps.iter().map(|s| skipped(s, reason)).collect();
+    let steps = planned
+        .scenario
+        .steps
+        .iter()
+        .map(|s| skipped(s, reason))
+        .collect();
     finish(planned, steps, Instant::now())
 }
 
@@ -128,7 +171,13 @@ fn skipped(step: &Step, reason: &str) -> StepOutcome {
     }
 }
 
-fn step_outcome(step: &Step, verdict: Verdict, checks: Vec<CheckOutcome>, problem: Option<String>, exchanges: Vec<String>) -> StepOutcome {
+fn step_outcome(
+    step: &Step,
+    verdict: Verdict,
+    checks: Vec<CheckOutcome>,
+    problem: Option<String>,
+    exchanges: Vec<String>,
+) -> StepOutcome {
     let verdict = checks.iter().fold(verdict, |v, c| v.worst(c.verdict));
     StepOutcome {
         name: step.name.clone(),
@@ -165,10 +214,20 @@ impl CaseRun<'_> {
         let client_id = format!("urn:bgz-harness:sender:{}", self.planned.counterpart.ura);
         let client = AssertionClaims::new(&client_id, token_url, now, 60);
         let authorization = AssertionClaims::new(&self.planned.counterpart.ura, token_url, now, 60);
-        let form = token_request_form(&encode_jwt(&client, &UnsignedJws), &encode_jwt(&authorization, &UnsignedJws), None);
-        let request = Outgoing::with_body(reqwest::Method::POST, token_url.clone(), "application/x-www-form-urlencoded", form, ExchangeKind::TokenRequest)
-            .header("accept", "application/json")
-            .for_case(self.case_id());
+        let form = token_request_form(
+            &encode_jwt(&client, &UnsignedJws),
+            &encode_jwt(&authorization, &UnsignedJws),
+            None,
+        );
+        let request = Outgoing::with_body(
+            reqwest::Method::POST,
+            token_url.clone(),
+            "application/x-www-form-urlencoded",
+            form,
+            ExchangeKind::TokenRequest,
+        )
+        .header("accept", "application/json")
+        .for_case(self.case_id());
         let exchange = match self.ctx.to_target.send(request).await {
             Ok(exchange) => exchange,
             Err(e) => return Err((Verdict::Error, e.to_string(), String::new())),
@@ -176,13 +235,33 @@ impl CaseRun<'_> {
         let id = exchange.id.clone();
         let response = exchange.response.unwrap_or_default();
         if response.status != 200 {
-            let body = String::from_utf8_lossy(&response.body.bytes).chars().take(300).collect::<String>();
-            return Err((Verdict::Fail, format!("the target's token endpoint refused a notification token with {}: {body}", response.status), id));
+            let body = String::from_utf8_lossy(&response.body.bytes)
+                .chars()
+                .take(300)
+                .collect::<String>();
+            return Err((
+                Verdict::Fail,
+                format!(
+                    "the target's token endpoint refused a notification token with {}: {body}",
+                    response.status
+                ),
+                id,
+            ));
         }
         match serde_json::from_slice::<TokenResponse>(&response.body.bytes) {
-            Ok(token) if token.token_type.eq_ignore_ascii_case("bearer") => Ok((token.access_token, id)),
-            Ok(token) => Err((Verdict::Fail, format!("the token type is `{}`, expected Bearer", token.token_type), id)),
-            Err(e) => Err((Verdict::Fail, format!("the token response is not RFC 6749 JSON: {e}"), id)),
+            Ok(token) if token.token_type.eq_ignore_ascii_case("bearer") => {
+                Ok((token.access_token, id))
+            }
+            Ok(token) => Err((
+                Verdict::Fail,
+                format!("the token type is `{}`, expected Bearer", token.token_type),
+                id,
+            )),
+            Err(e) => Err((
+                Verdict::Fail,
+                format!("the token response is not RFC 6749 JSON: {e}"),
+                id,
+            )),
         }
     }
 
@@ -200,10 +279,17 @@ impl CaseRun<'_> {
         let now = time::OffsetDateTime::now_utc();
         let format = &time::format_description::well_known::Rfc3339;
         let authored_on = now.format(format).unwrap_or_default();
-        let period_end = (now + time::Duration::days(7)).format(format).unwrap_or_default();
-        let workflow_task_id = settings.workflow_task.then(|| format!("wf-{}", uuid::Uuid::new_v4().simple()));
+        let period_end = (now + time::Duration::days(7))
+            .format(format)
+            .unwrap_or_default();
+        let workflow_task_id = settings
+            .workflow_task
+            .then(|| format!("wf-{}", uuid::Uuid::new_v4().simple()));
         let workflow_task = workflow_task_id.as_ref().map(|id| {
-            let focus = fixture.referral_request.clone().unwrap_or_else(|| "ReferralRequest/unknown".to_owned());
+            let focus = fixture
+                .referral_request
+                .clone()
+                .unwrap_or_else(|| "ReferralRequest/unknown".to_owned());
             build_workflow_task(id, &fixture.scope.patient_ref, &focus, &period_end)
         });
         self.ctx.sender.publish(Share {
@@ -217,7 +303,8 @@ impl CaseRun<'_> {
             revoked: AtomicBool::new(false),
         });
 
-        let mut queries = notified_queries(&fixture.scope.bsn, self.ctx.target.protocol.query_options());
+        let mut queries =
+            notified_queries(&fixture.scope.bsn, self.ctx.target.protocol.query_options());
         let mut reads = Vec::new();
         if settings.letter == LetterOffer::Read {
             queries.retain(|q| q.section != "ReferralLetter");
@@ -231,7 +318,10 @@ impl CaseRun<'_> {
             group_identifier: new_identifier(),
             workflow_task_id: workflow_task_id.clone(),
             bsn: fixture.scope.bsn.clone(),
-            requester_agent: Ident::new(IDENTIFIER_SYSTEM, &format!("urn:oid:2.999.{}", self.planned.counterpart.ura)),
+            requester_agent: Ident::new(
+                IDENTIFIER_SYSTEM,
+                &format!("urn:oid:2.999.{}", self.planned.counterpart.ura),
+            ),
             requester_agent_display: format!("bgz-harness for {}", self.planned.counterpart.name),
             on_behalf_of: Ident::new(crate::fhir::URA_SYSTEM, &self.planned.counterpart.ura),
             owner: Some(self.planned.target_department.identifier.clone()),
@@ -244,13 +334,27 @@ impl CaseRun<'_> {
         let task = build_notification(&spec);
         let url = format!("{}/Task", self.ctx.endpoints.notification_base);
         let at_ms = self.ctx.journal.now_ms();
-        let request = Outgoing::with_body(reqwest::Method::POST, url, FHIR_JSON, task.to_string(), ExchangeKind::Notification)
-            .header("authorization", format!("Bearer {token}"))
-            .header("accept", "application/fhir+json")
-            .for_case(self.case_id());
+        let request = Outgoing::with_body(
+            reqwest::Method::POST,
+            url,
+            FHIR_JSON,
+            task.to_string(),
+            ExchangeKind::Notification,
+        )
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "application/fhir+json")
+        .for_case(self.case_id());
         let exchange = match self.ctx.to_target.send(request).await {
             Ok(exchange) => exchange,
-            Err(e) => return step_outcome(step, Verdict::Error, Vec::new(), Some(e.to_string()), vec![token_exchange]),
+            Err(e) => {
+                return step_outcome(
+                    step,
+                    Verdict::Error,
+                    Vec::new(),
+                    Some(e.to_string()),
+                    vec![token_exchange],
+                );
+            }
         };
         let status = exchange.response.as_ref().map(|r| r.status).unwrap_or(0);
         let delivered = (200..300).contains(&status);
@@ -264,15 +368,40 @@ impl CaseRun<'_> {
                 at_ms,
             });
         }
-        let checks = step.checks.iter().map(|_| notification_accepted(&exchange)).collect();
-        let problem = (!delivered).then(|| format!("the target refused the notification with {status}{}", diagnostics_suffix(&exchange)));
-        let verdict = if delivered { Verdict::Pass } else { Verdict::Fail };
-        step_outcome(step, verdict, checks, problem, vec![token_exchange, exchange.id])
+        let checks = step
+            .checks
+            .iter()
+            .map(|_| notification_accepted(&exchange))
+            .collect();
+        let problem = (!delivered).then(|| {
+            format!(
+                "the target refused the notification with {status}{}",
+                diagnostics_suffix(&exchange)
+            )
+        });
+        let verdict = if delivered {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        };
+        step_outcome(
+            step,
+            verdict,
+            checks,
+            problem,
+            vec![token_exchange, exchange.id],
+        )
     }
 
     async fn await_pull(&mut self, step: &Step, within: Duration, quiet: Duration) -> StepOutcome {
         let Some(sent) = self.state.sent.clone() else {
-            return step_outcome(step, Verdict::Error, Vec::new(), Some("no notification was delivered before await-pull".to_owned()), Vec::new());
+            return step_outcome(
+                step,
+                Verdict::Error,
+                Vec::new(),
+                Some("no notification was delivered before await-pull".to_owned()),
+                Vec::new(),
+            );
         };
         let case_id = self.planned.id.clone();
         let journal = &self.ctx.journal;
@@ -283,16 +412,32 @@ impl CaseRun<'_> {
         loop {
             let exchanges = journal.for_case(&case_id);
             let unattributed = journal.unattributed_since(sent.at_ms);
-            let evidence = Evidence { exchanges: &exchanges, unattributed: &unattributed, sent: &sent, fhir_base: &fhir_base, letter: self.fixture.letter.as_ref(), inbox: None, inbox_exchange: None };
-            let all_pass = step.checks.iter().all(|c| checks::evaluate(*c, &evidence).verdict == Verdict::Pass);
+            let evidence = Evidence {
+                exchanges: &exchanges,
+                unattributed: &unattributed,
+                sent: &sent,
+                fhir_base: &fhir_base,
+                letter: self.fixture.letter.as_ref(),
+                inbox: None,
+                inbox_exchange: None,
+            };
+            let all_pass = step
+                .checks
+                .iter()
+                .all(|c| checks::evaluate(*c, &evidence).verdict == Verdict::Pass);
             let now_ms = journal.now_ms();
             let silent_for = now_ms.saturating_sub(journal.last_activity_ms().max(sent.at_ms));
             let pulled_something = exchanges.len() > 2 || !unattributed.is_empty();
-            if all_pass || Instant::now() >= deadline || (pulled_something && silent_for >= millis(quiet)) {
+            if all_pass
+                || Instant::now() >= deadline
+                || (pulled_something && silent_for >= millis(quiet))
+            {
                 break;
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
-            journal.wait_for_change(remaining.min(Duration::from_millis(200))).await;
+            journal
+                .wait_for_change(remaining.min(Duration::from_millis(200)))
+                .await;
         }
 
         let inbox = self.inspect_inbox(&sent, deadline).await;
@@ -310,8 +455,16 @@ impl CaseRun<'_> {
             inbox: inbox.as_ref().map(|(e, _)| e),
             inbox_exchange: inbox.as_ref().map(|(_, id)| id.as_str()),
         };
-        let results = step.checks.iter().map(|c| checks::evaluate(*c, &evidence)).collect();
-        let shown = exchanges.iter().filter(|e| e.at_ms >= sent.at_ms).map(|e| e.id.clone()).collect();
+        let results = step
+            .checks
+            .iter()
+            .map(|c| checks::evaluate(*c, &evidence))
+            .collect();
+        let shown = exchanges
+            .iter()
+            .filter(|e| e.at_ms >= sent.at_ms)
+            .map(|e| e.id.clone())
+            .collect();
         step_outcome(step, Verdict::Pass, results, None, shown)
     }
 
@@ -321,7 +474,8 @@ impl CaseRun<'_> {
         let inspect = self.ctx.endpoints.inspect_url.as_ref()?;
         let deadline = deadline.max(Instant::now() + Duration::from_secs(2));
         loop {
-            let request = Outgoing::get(format!("{inspect}/inbox"), ExchangeKind::Inspection).for_case(self.case_id());
+            let request = Outgoing::get(format!("{inspect}/inbox"), ExchangeKind::Inspection)
+                .for_case(self.case_id());
             let exchange = self.ctx.inspector.send(request).await.ok()?;
             let body: Value = exchange.response.as_ref().and_then(|r| r.body.json())?;
             let entry = body["entries"]
@@ -330,7 +484,9 @@ impl CaseRun<'_> {
                 .filter_map(|e| serde_json::from_value::<InboxEntry>(e.clone()).ok())
                 .find(|e| e.notification == sent.identifier.value);
             match entry {
-                Some(entry) if entry.status != InboxStatus::Pulling => return Some((entry, exchange.id)),
+                Some(entry) if entry.status != InboxStatus::Pulling => {
+                    return Some((entry, exchange.id));
+                }
                 _ if Instant::now() >= deadline => return entry.map(|e| (e, exchange.id)),
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -339,17 +495,32 @@ impl CaseRun<'_> {
 
     async fn confirm(&mut self, step: &Step, fact: ConfirmFact, _prompt: &str) -> StepOutcome {
         let Some(sent) = self.state.sent.clone() else {
-            return step_outcome(step, Verdict::Error, Vec::new(), Some("no notification was delivered before confirm".to_owned()), Vec::new());
+            return step_outcome(
+                step,
+                Verdict::Error,
+                Vec::new(),
+                Some("no notification was delivered before confirm".to_owned()),
+                Vec::new(),
+            );
         };
         match fact {
             ConfirmFact::ReferralFiled => {
                 if self.ctx.endpoints.inspect_url.is_none() {
                     let problem = "not run: the target has no inspection API and no answer was given for this confirm step".to_owned();
-                    return step_outcome(step, Verdict::NotRun, Vec::new(), Some(problem), Vec::new());
+                    return step_outcome(
+                        step,
+                        Verdict::NotRun,
+                        Vec::new(),
+                        Some(problem),
+                        Vec::new(),
+                    );
                 }
                 let inbox = match self.state.inbox.clone() {
                     Some(inbox) => Some(inbox),
-                    None => self.inspect_inbox(&sent, Instant::now() + Duration::from_secs(5)).await,
+                    None => {
+                        self.inspect_inbox(&sent, Instant::now() + Duration::from_secs(5))
+                            .await
+                    }
                 };
                 let check = checks::referral_filed(
                     inbox.as_ref().map(|(e, _)| e),

@@ -45,7 +45,14 @@ pub(crate) struct Evidence<'a> {
     pub inbox_exchange: Option<&'a str>,
 }
 
-fn outcome(check: CheckId, verdict: Verdict, expected: impl Into<String>, actual: impl Into<String>, message: impl Into<String>, exchanges: Vec<String>) -> CheckOutcome {
+fn outcome(
+    check: CheckId,
+    verdict: Verdict,
+    expected: impl Into<String>,
+    actual: impl Into<String>,
+    message: impl Into<String>,
+    exchanges: Vec<String>,
+) -> CheckOutcome {
     CheckOutcome {
         check: check.name().to_owned(),
         verdict,
@@ -70,20 +77,54 @@ pub(crate) fn notification_accepted(exchange: &Exchange) -> CheckOutcome {
     let id = vec![exchange.id.clone()];
     let Some(response) = &exchange.response else {
         let why = exchange.error.clone().unwrap_or_default();
-        return outcome(CheckId::NotificationAccepted, Verdict::Error, expected, "no answer", format!("the notification got no answer: {why}"), id);
+        return outcome(
+            CheckId::NotificationAccepted,
+            Verdict::Error,
+            expected,
+            "no answer",
+            format!("the notification got no answer: {why}"),
+            id,
+        );
     };
     let location = response.header("location");
-    let actual = format!("{} {}", response.status, if location.is_some() { "with a Location header" } else { "without a Location header" });
+    let actual = format!(
+        "{} {}",
+        response.status,
+        if location.is_some() {
+            "with a Location header"
+        } else {
+            "without a Location header"
+        }
+    );
     if response.status == 201 && location.is_some_and(|l| l.contains("Task/")) {
-        return outcome(CheckId::NotificationAccepted, Verdict::Pass, expected, actual, "the target accepted the notification", id);
+        return outcome(
+            CheckId::NotificationAccepted,
+            Verdict::Pass,
+            expected,
+            actual,
+            "the target accepted the notification",
+            id,
+        );
     }
     let message = match (response.status, location) {
         (201, Some(l)) => format!("the Location `{l}` does not name a Task"),
         (201, None) => "the target answered 201 but sent no Location header".to_owned(),
-        (s, _) if (200..300).contains(&s) => format!("the target answered {s} instead of 201 Created; a sender counts it as delivered, but a compliant receiver answers 201 with a Location"),
-        (s, _) => format!("the target refused the notification with {s}{}", diagnostics_suffix(exchange)),
+        (s, _) if (200..300).contains(&s) => format!(
+            "the target answered {s} instead of 201 Created; a sender counts it as delivered, but a compliant receiver answers 201 with a Location"
+        ),
+        (s, _) => format!(
+            "the target refused the notification with {s}{}",
+            diagnostics_suffix(exchange)
+        ),
     };
-    outcome(CheckId::NotificationAccepted, Verdict::Fail, expected, actual, message, id)
+    outcome(
+        CheckId::NotificationAccepted,
+        Verdict::Fail,
+        expected,
+        actual,
+        message,
+        id,
+    )
 }
 
 /// The OperationOutcome diagnostics of a response, as `: text`, if any.
@@ -100,7 +141,14 @@ pub(crate) fn diagnostics_suffix(exchange: &Exchange) -> String {
 /// Evaluates one of the pull checks.
 pub(crate) fn evaluate(check: CheckId, evidence: &Evidence<'_>) -> CheckOutcome {
     match check {
-        CheckId::NotificationAccepted => outcome(check, Verdict::Error, "", "", "notification-accepted belongs to the notify step", vec![]),
+        CheckId::NotificationAccepted => outcome(
+            check,
+            Verdict::Error,
+            "",
+            "",
+            "notification-accepted belongs to the notify step",
+            vec![],
+        ),
         CheckId::TokenCarriesAuthorizationBase => token_carries_base(evidence),
         CheckId::WorkflowTaskRead => workflow_task_read(evidence),
         CheckId::EveryNotifiedSearchRun => every_search_run(evidence),
@@ -109,7 +157,10 @@ pub(crate) fn evaluate(check: CheckId, evidence: &Evidence<'_>) -> CheckOutcome 
     }
 }
 
-fn of_kind<'a>(evidence: &'a Evidence<'_>, kind: ExchangeKind) -> impl Iterator<Item = &'a Exchange> {
+fn of_kind<'a>(
+    evidence: &'a Evidence<'_>,
+    kind: ExchangeKind,
+) -> impl Iterator<Item = &'a Exchange> {
     evidence.exchanges.iter().filter(move |e| e.kind == kind)
 }
 
@@ -117,27 +168,66 @@ fn token_carries_base(evidence: &Evidence<'_>) -> CheckOutcome {
     let check = CheckId::TokenCarriesAuthorizationBase;
     let expected = "a token request with authorization_base = the notified value, answered 200";
     let carrying: Vec<&Exchange> = of_kind(evidence, ExchangeKind::TokenRequest)
-        .filter(|e| form_value(&parse_form(&e.request.body.bytes), "authorization_base") == Some(evidence.sent.authorization_base.as_str()))
+        .filter(|e| {
+            form_value(&parse_form(&e.request.body.bytes), "authorization_base")
+                == Some(evidence.sent.authorization_base.as_str())
+        })
         .collect();
     if let Some(granted) = carrying.iter().find(|e| status(e) == 200) {
-        return outcome(check, Verdict::Pass, expected, "token issued", "the target asked for a pull token with the notified authorization base", vec![granted.id.clone()]);
+        return outcome(
+            check,
+            Verdict::Pass,
+            expected,
+            "token issued",
+            "the target asked for a pull token with the notified authorization base",
+            vec![granted.id.clone()],
+        );
     }
     if let Some(refused) = carrying.first() {
-        return outcome(check, Verdict::Fail, expected, format!("token request answered {}", status(refused)), format!("the target's token request carried the authorization base but was refused with {}", status(refused)), ids(carrying));
+        return outcome(
+            check,
+            Verdict::Fail,
+            expected,
+            format!("token request answered {}", status(refused)),
+            format!(
+                "the target's token request carried the authorization base but was refused with {}",
+                status(refused)
+            ),
+            ids(carrying),
+        );
     }
-    let strays: Vec<&Exchange> = evidence.unattributed.iter().filter(|e| e.kind == ExchangeKind::TokenRequest).collect();
-    let actual = if strays.is_empty() { "no token request".to_owned() } else { format!("{} token request(s) without this authorization base", strays.len()) };
+    let strays: Vec<&Exchange> = evidence
+        .unattributed
+        .iter()
+        .filter(|e| e.kind == ExchangeKind::TokenRequest)
+        .collect();
+    let actual = if strays.is_empty() {
+        "no token request".to_owned()
+    } else {
+        format!(
+            "{} token request(s) without this authorization base",
+            strays.len()
+        )
+    };
     let message = if strays.is_empty() {
         "the target never asked the sender for a pull token".to_owned()
     } else {
         let fields: Vec<String> = strays
             .iter()
-            .map(|e| match form_value(&parse_form(&e.request.body.bytes), "authorization_base") {
-                None => format!("{} had no authorization_base field", e.id),
-                Some(_) => format!("{} carried an authorization_base that was never issued", e.id),
-            })
+            .map(
+                |e| match form_value(&parse_form(&e.request.body.bytes), "authorization_base") {
+                    None => format!("{} had no authorization_base field", e.id),
+                    Some(_) => format!(
+                        "{} carried an authorization_base that was never issued",
+                        e.id
+                    ),
+                },
+            )
             .collect();
-        format!("the target asked for a token without the notified authorization base: {}", fields.join("; "))
+        format!(
+            "the target asked for a token without the notified authorization base: {}",
+            fields.join("; ")
+        )
     };
     outcome(check, Verdict::Fail, expected, actual, message, ids(strays))
 }
@@ -145,14 +235,45 @@ fn token_carries_base(evidence: &Evidence<'_>) -> CheckOutcome {
 fn workflow_task_read(evidence: &Evidence<'_>) -> CheckOutcome {
     let check = CheckId::WorkflowTaskRead;
     let Some(task_id) = &evidence.sent.workflow_task_id else {
-        return outcome(check, Verdict::NotRun, "", "", "no workflow task was offered, so there was nothing to read", vec![]);
+        return outcome(
+            check,
+            Verdict::NotRun,
+            "",
+            "",
+            "no workflow task was offered, so there was nothing to read",
+            vec![],
+        );
     };
     let expected = format!("GET Task/{task_id} answered 200");
     let reads: Vec<&Exchange> = of_kind(evidence, ExchangeKind::WorkflowTask).collect();
     match reads.iter().find(|e| status(e) == 200) {
-        Some(read) => outcome(check, Verdict::Pass, expected, "read", "the target read the workflow task", vec![read.id.clone()]),
-        None if reads.is_empty() => outcome(check, Verdict::Fail, expected, "never requested", format!("get-workflow-task was true, but the target never read Task/{task_id}"), vec![]),
-        None => outcome(check, Verdict::Fail, expected, format!("answered {}", status(reads[0])), format!("the target asked for the workflow task at the wrong address ({})", reads[0].request.url), ids(reads)),
+        Some(read) => outcome(
+            check,
+            Verdict::Pass,
+            expected,
+            "read",
+            "the target read the workflow task",
+            vec![read.id.clone()],
+        ),
+        None if reads.is_empty() => outcome(
+            check,
+            Verdict::Fail,
+            expected,
+            "never requested",
+            format!("get-workflow-task was true, but the target never read Task/{task_id}"),
+            vec![],
+        ),
+        None => outcome(
+            check,
+            Verdict::Fail,
+            expected,
+            format!("answered {}", status(reads[0])),
+            format!(
+                "the target asked for the workflow task at the wrong address ({})",
+                reads[0].request.url
+            ),
+            ids(reads),
+        ),
     }
 }
 
@@ -160,7 +281,11 @@ fn workflow_task_read(evidence: &Evidence<'_>) -> CheckOutcome {
 fn searches_run<'a>(evidence: &'a Evidence<'_>) -> Vec<(SearchUrl, &'a Exchange)> {
     of_kind(evidence, ExchangeKind::Search)
         .filter(|e| status(e) == 200)
-        .filter_map(|e| SearchUrl::parse(&e.request.url, evidence.fhir_base).ok().map(|u| (u, e)))
+        .filter_map(|e| {
+            SearchUrl::parse(&e.request.url, evidence.fhir_base)
+                .ok()
+                .map(|u| (u, e))
+        })
         .collect()
 }
 
@@ -168,7 +293,10 @@ fn every_search_run(evidence: &Evidence<'_>) -> CheckOutcome {
     let check = CheckId::EveryNotifiedSearchRun;
     let run = searches_run(evidence);
     let total = evidence.sent.queries.len();
-    let expected = format!("all {} notified searches and reads run", total + evidence.sent.reads.len());
+    let expected = format!(
+        "all {} notified searches and reads run",
+        total + evidence.sent.reads.len()
+    );
     let mut missing = Vec::new();
     let mut shown = Vec::new();
     for query in &evidence.sent.queries {
@@ -183,10 +311,11 @@ fn every_search_run(evidence: &Evidence<'_>) -> CheckOutcome {
     }
     for read in &evidence.sent.reads {
         let url = format!("{}/{read}", evidence.fhir_base.trim_end_matches('/'));
-        let done = evidence
-            .exchanges
-            .iter()
-            .find(|e| matches!(e.kind, ExchangeKind::Read | ExchangeKind::Binary) && status(e) == 200 && e.request.url.split('?').next() == Some(url.as_str()));
+        let done = evidence.exchanges.iter().find(|e| {
+            matches!(e.kind, ExchangeKind::Read | ExchangeKind::Binary)
+                && status(e) == 200
+                && e.request.url.split('?').next() == Some(url.as_str())
+        });
         match done {
             Some(exchange) => shown.push(exchange.id.clone()),
             None => missing.push(format!("read `{read}`")),
@@ -194,18 +323,36 @@ fn every_search_run(evidence: &Evidence<'_>) -> CheckOutcome {
     }
     let total = total + evidence.sent.reads.len();
     if missing.is_empty() {
-        return outcome(check, Verdict::Pass, expected, format!("{total} run"), "the target ran every notified search and read", shown);
+        return outcome(
+            check,
+            Verdict::Pass,
+            expected,
+            format!("{total} run"),
+            "the target ran every notified search and read",
+            shown,
+        );
     }
     let refused: Vec<String> = of_kind(evidence, ExchangeKind::Search)
         .filter(|e| status(e) != 200)
         .map(|e| format!("{} answered {}", e.id, status(e)))
         .collect();
-    let sections: Vec<&str> = missing.iter().map(|m| m.split(" (").next().unwrap_or(m)).collect();
-    let mut message = format!("{} of {total} notified searches and reads were never run: {}", missing.len(), sections.join(", "));
+    let sections: Vec<&str> = missing
+        .iter()
+        .map(|m| m.split(" (").next().unwrap_or(m))
+        .collect();
+    let mut message = format!(
+        "{} of {total} notified searches and reads were never run: {}",
+        missing.len(),
+        sections.join(", ")
+    );
     if !refused.is_empty() {
         message.push_str(&format!("; refused searches: {}", refused.join(", ")));
     }
-    let actual = format!("{} run; missing: {}", total - missing.len(), missing.join(", "));
+    let actual = format!(
+        "{} run; missing: {}",
+        total - missing.len(),
+        missing.join(", ")
+    );
     outcome(check, Verdict::Fail, expected, actual, message, shown)
 }
 
@@ -215,22 +362,60 @@ fn every_page_fetched(evidence: &Evidence<'_>) -> CheckOutcome {
     let mut followed = Vec::new();
     let mut skipped = Vec::new();
     for (_, exchange) in &run {
-        let Some(bundle) = exchange.response.as_ref().and_then(|r| r.body.json()) else { continue };
-        let Some(next) = next_link(&bundle) else { continue };
-        let Ok(next_url) = SearchUrl::parse(next, evidence.fhir_base) else { continue };
+        let Some(bundle) = exchange.response.as_ref().and_then(|r| r.body.json()) else {
+            continue;
+        };
+        let Some(next) = next_link(&bundle) else {
+            continue;
+        };
+        let Ok(next_url) = SearchUrl::parse(next, evidence.fhir_base) else {
+            continue;
+        };
         let offset = |u: &SearchUrl| u.values("_getpagesoffset").next().map(str::to_owned);
-        let fetched = run.iter().find(|(url, _)| url.same_search(&next_url) && offset(url) == offset(&next_url));
+        let fetched = run
+            .iter()
+            .find(|(url, _)| url.same_search(&next_url) && offset(url) == offset(&next_url));
         match fetched {
             Some((_, e)) => followed.push(e.id.clone()),
-            None => skipped.push(format!("{} (page after {})", next_url.to_relative(), exchange.id)),
+            None => skipped.push(format!(
+                "{} (page after {})",
+                next_url.to_relative(),
+                exchange.id
+            )),
         }
     }
     let expected = "every next link requested";
     if skipped.is_empty() {
-        let message = if followed.is_empty() { "no search had a next page".to_owned() } else { format!("the target followed all {} next links", followed.len()) };
-        return outcome(check, Verdict::Pass, expected, format!("{} followed", followed.len()), message, followed);
+        let message = if followed.is_empty() {
+            "no search had a next page".to_owned()
+        } else {
+            format!("the target followed all {} next links", followed.len())
+        };
+        return outcome(
+            check,
+            Verdict::Pass,
+            expected,
+            format!("{} followed", followed.len()),
+            message,
+            followed,
+        );
     }
-    outcome(check, Verdict::Fail, expected, format!("{} of {} next links never requested", skipped.len(), skipped.len() + followed.len()), format!("the target did not follow {} next link(s): {}", skipped.len(), skipped.join(", ")), followed)
+    outcome(
+        check,
+        Verdict::Fail,
+        expected,
+        format!(
+            "{} of {} next links never requested",
+            skipped.len(),
+            skipped.len() + followed.len()
+        ),
+        format!(
+            "the target did not follow {} next link(s): {}",
+            skipped.len(),
+            skipped.join(", ")
+        ),
+        followed,
+    )
 }
 
 /// The letter bytes an exchange served: raw PDF, or the decoded content of a Binary.
@@ -247,19 +432,44 @@ fn served_letter(exchange: &Exchange) -> Option<Vec<u8>> {
 fn letter_intact(evidence: &Evidence<'_>) -> CheckOutcome {
     let check = CheckId::LetterRetrievedIntact;
     let Some(letter) = evidence.letter else {
-        return outcome(check, Verdict::Error, "", "", "the patient fixture has no referral letter (DocumentReference with a Binary)", vec![]);
+        return outcome(
+            check,
+            Verdict::Error,
+            "",
+            "",
+            "the patient fixture has no referral letter (DocumentReference with a Binary)",
+            vec![],
+        );
     };
-    let expected = format!("{} retrieved and stored: {} bytes, sha256 {}", letter.binary, letter.size, letter.sha256);
-    let binary_path = format!("{}/{}", evidence.fhir_base.trim_end_matches('/'), letter.binary);
+    let expected = format!(
+        "{} retrieved and stored: {} bytes, sha256 {}",
+        letter.binary, letter.size, letter.sha256
+    );
+    let binary_path = format!(
+        "{}/{}",
+        evidence.fhir_base.trim_end_matches('/'),
+        letter.binary
+    );
     let reads: Vec<&Exchange> = of_kind(evidence, ExchangeKind::Binary)
         .filter(|e| e.request.url.split('?').next() == Some(binary_path.as_str()))
         .collect();
-    let intact = reads.iter().find(|e| served_letter(e).is_some_and(|b| hex(&Sha256::digest(&b)) == letter.sha256));
+    let intact = reads
+        .iter()
+        .find(|e| served_letter(e).is_some_and(|b| hex(&Sha256::digest(&b)) == letter.sha256));
     let Some(retrieval) = intact else {
         let (actual, message) = if reads.is_empty() {
-            ("never requested".to_owned(), format!("the target never retrieved the letter {}", letter.binary))
+            (
+                "never requested".to_owned(),
+                format!("the target never retrieved the letter {}", letter.binary),
+            )
         } else {
-            (format!("answered {}", status(reads[0])), format!("the target requested {} but did not get the letter's bytes", letter.binary))
+            (
+                format!("answered {}", status(reads[0])),
+                format!(
+                    "the target requested {} but did not get the letter's bytes",
+                    letter.binary
+                ),
+            )
         };
         return outcome(check, Verdict::Fail, expected, actual, message, ids(reads));
     };
@@ -267,19 +477,53 @@ fn letter_intact(evidence: &Evidence<'_>) -> CheckOutcome {
     shown.extend(evidence.inbox_exchange.map(str::to_owned));
 
     let Some(entry) = evidence.inbox else {
-        return outcome(check, Verdict::Pass, expected, "retrieved intact", "the target retrieved the letter intact; its stored copy cannot be inspected on this target", shown);
+        return outcome(
+            check,
+            Verdict::Pass,
+            expected,
+            "retrieved intact",
+            "the target retrieved the letter intact; its stored copy cannot be inspected on this target",
+            shown,
+        );
     };
     match &entry.letter {
-        Some(stored) if stored.sha256 == letter.sha256 && stored.size == letter.size => {
-            outcome(check, Verdict::Pass, expected, "retrieved and stored intact", "the target retrieved and stored the letter byte for byte", shown)
-        }
-        Some(stored) => outcome(check, Verdict::Fail, expected, format!("stored {} bytes, sha256 {}", stored.size, stored.sha256), format!("the target retrieved the letter but stored different bytes ({} instead of {} bytes)", stored.size, letter.size), shown),
-        None => outcome(check, Verdict::Fail, expected, "no stored letter", "the target retrieved the letter but its inbox entry holds no letter", shown),
+        Some(stored) if stored.sha256 == letter.sha256 && stored.size == letter.size => outcome(
+            check,
+            Verdict::Pass,
+            expected,
+            "retrieved and stored intact",
+            "the target retrieved and stored the letter byte for byte",
+            shown,
+        ),
+        Some(stored) => outcome(
+            check,
+            Verdict::Fail,
+            expected,
+            format!("stored {} bytes, sha256 {}", stored.size, stored.sha256),
+            format!(
+                "the target retrieved the letter but stored different bytes ({} instead of {} bytes)",
+                stored.size, letter.size
+            ),
+            shown,
+        ),
+        None => outcome(
+            check,
+            Verdict::Fail,
+            expected,
+            "no stored letter",
+            "the target retrieved the letter but its inbox entry holds no letter",
+            shown,
+        ),
     }
 }
 
 /// `referral-filed`, judged from the target's inbox.
-pub(crate) fn referral_filed(entry: Option<&InboxEntry>, inspection: Option<&str>, bsn: &str, department: &str) -> CheckOutcome {
+pub(crate) fn referral_filed(
+    entry: Option<&InboxEntry>,
+    inspection: Option<&str>,
+    bsn: &str,
+    department: &str,
+) -> CheckOutcome {
     let check = "referral-filed";
     let expected = format!("filed for patient {bsn} in department {department}");
     let shown: Vec<String> = inspection.map(str::to_owned).into_iter().collect();
@@ -292,7 +536,11 @@ pub(crate) fn referral_filed(entry: Option<&InboxEntry>, inspection: Option<&str
         exchanges: shown.clone(),
     };
     let Some(entry) = entry else {
-        return make(Verdict::Fail, "no inbox entry".to_owned(), "the target's inbox has no entry for this notification".to_owned());
+        return make(
+            Verdict::Fail,
+            "no inbox entry".to_owned(),
+            "the target's inbox has no entry for this notification".to_owned(),
+        );
     };
     let actual = format!(
         "status {:?}, patient {}, department {}",
@@ -308,13 +556,23 @@ pub(crate) fn referral_filed(entry: Option<&InboxEntry>, inspection: Option<&str
         });
     }
     if entry.patient_bsn.as_deref() != Some(bsn) {
-        problems.push(format!("it is filed under patient {} instead of {bsn}", entry.patient_bsn.as_deref().unwrap_or("none")));
+        problems.push(format!(
+            "it is filed under patient {} instead of {bsn}",
+            entry.patient_bsn.as_deref().unwrap_or("none")
+        ));
     }
     if entry.department.as_deref() != Some(department) {
-        problems.push(format!("it is filed in department {} instead of {department}", entry.department.as_deref().unwrap_or("none")));
+        problems.push(format!(
+            "it is filed in department {} instead of {department}",
+            entry.department.as_deref().unwrap_or("none")
+        ));
     }
     if problems.is_empty() {
-        make(Verdict::Pass, actual, "the referral is filed for the right patient in the addressed department".to_owned())
+        make(
+            Verdict::Pass,
+            actual,
+            "the referral is filed for the right patient in the addressed department".to_owned(),
+        )
     } else {
         make(Verdict::Fail, actual, problems.join("; "))
     }

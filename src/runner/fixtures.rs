@@ -38,7 +38,11 @@ pub struct PatientFixture {
 impl PatientFixture {
     /// Loads `fixtures/patients/<key>/bgz.json` below `root`.
     pub fn load(root: &Path, key: &str) -> Result<Self, String> {
-        let path = root.join("fixtures").join("patients").join(key).join("bgz.json");
+        let path = root
+            .join("fixtures")
+            .join("patients")
+            .join(key)
+            .join("bgz.json");
         let store = ResourceStore::load_file(&path).map_err(|e| e.to_string())?;
         let shown = path.display();
 
@@ -53,7 +57,8 @@ impl PatientFixture {
             .find(|(system, _)| *system == BSN_SYSTEM)
             .map(|(_, value)| value.to_owned())
             .ok_or_else(|| format!("{shown}: the Patient has no BSN identifier"))?;
-        crate::fhir::bsn::Bsn::parse(&bsn).map_err(|e| format!("{shown}: the Patient's BSN is not valid: {e}"))?;
+        crate::fhir::bsn::Bsn::parse(&bsn)
+            .map_err(|e| format!("{shown}: the Patient's BSN is not valid: {e}"))?;
         let patient_ref = resource_key(patient).unwrap_or_default();
         drop(patients);
 
@@ -68,7 +73,10 @@ impl PatientFixture {
                 sha256: hex(&Sha256::digest(&bytes)),
             })
         });
-        let referral_request = store.of_type("ReferralRequest").next().and_then(|r| resource_key(r));
+        let referral_request = store
+            .of_type("ReferralRequest")
+            .next()
+            .and_then(|r| resource_key(r));
 
         Ok(Self {
             key: key.to_owned(),

@@ -103,23 +103,34 @@ pub async fn prepare(
         .collect();
     let fixtures = Fixtures::load(root, patient_keys).map_err(SetupError::Fixture)?;
 
-    let sender = SenderSim::start(target.simulator_listen, target.simulator_public_base.clone(), journal.clone())
-        .await
-        .map_err(|source| SetupError::Bind {
-            what: "the simulated sender",
-            addr: target.simulator_listen,
-            source,
-        })?;
+    let sender = SenderSim::start(
+        target.simulator_listen,
+        target.simulator_public_base.clone(),
+        journal.clone(),
+    )
+    .await
+    .map_err(|source| SetupError::Bind {
+        what: "the simulated sender",
+        addr: target.simulator_listen,
+        source,
+    })?;
 
     let settings = ClientSettings {
         timeout: target.exchange_timeout,
         ..ClientSettings::default()
     };
-    let client = |from, to| RecordingClient::new(&settings, journal.clone(), from, to).map_err(|e| SetupError::Client(e.to_string()));
+    let client = |from, to| {
+        RecordingClient::new(&settings, journal.clone(), from, to)
+            .map_err(|e| SetupError::Client(e.to_string()))
+    };
     let to_target = client(Party::HarnessSender, Party::Target)?;
     let inspector = client(Party::HarnessInspector, Party::Target)?;
 
-    let counterparts: BTreeSet<&str> = plan.cases.iter().map(|c| c.counterpart.ura.as_str()).collect();
+    let counterparts: BTreeSet<&str> = plan
+        .cases
+        .iter()
+        .map(|c| c.counterpart.ura.as_str())
+        .collect();
     let sender_endpoints = |ura: &str| SenderEndpoints {
         ura: ura.to_owned(),
         fhir_base: sender.fhir_base(),
@@ -161,15 +172,29 @@ pub async fn prepare(
             (endpoints, Some(node))
         }
         TargetKind::Remote => {
-            let doc = target.endpoints.clone().ok_or_else(|| SetupError::Control("the target has no endpoints".to_owned()))?;
+            let doc = target
+                .endpoints
+                .clone()
+                .ok_or_else(|| SetupError::Control("the target has no endpoints".to_owned()))?;
             if let Some(control) = &doc.control {
                 for ura in &counterparts {
                     let body = serde_json::to_vec(&sender_endpoints(ura)).unwrap_or_default();
-                    let request = Outgoing::with_body(reqwest::Method::POST, format!("{}/senders", control.trim_end_matches('/')), "application/json", body, ExchangeKind::Control);
-                    let exchange = inspector.send(request).await.map_err(|e| SetupError::Control(e.to_string()))?;
+                    let request = Outgoing::with_body(
+                        reqwest::Method::POST,
+                        format!("{}/senders", control.trim_end_matches('/')),
+                        "application/json",
+                        body,
+                        ExchangeKind::Control,
+                    );
+                    let exchange = inspector
+                        .send(request)
+                        .await
+                        .map_err(|e| SetupError::Control(e.to_string()))?;
                     let status = exchange.response.map(|r| r.status).unwrap_or(0);
                     if !(200..300).contains(&status) {
-                        return Err(SetupError::Control(format!("{control}/senders answered {status}")));
+                        return Err(SetupError::Control(format!(
+                            "{control}/senders answered {status}"
+                        )));
                     }
                 }
             }
@@ -193,7 +218,11 @@ pub async fn prepare(
             fixtures,
             _node: node,
         },
-        redactor: if options.unredacted { Redactor::disabled() } else { Redactor::new() },
+        redactor: if options.unredacted {
+            Redactor::disabled()
+        } else {
+            Redactor::new()
+        },
     }))
 }
 
@@ -226,7 +255,11 @@ pub async fn run(
         phases: plan.phases.iter().map(|p| p.id.clone()).collect(),
     });
 
-    let mut pending = plan.cases.iter().cloned().collect::<std::collections::VecDeque<_>>();
+    let mut pending = plan
+        .cases
+        .iter()
+        .cloned()
+        .collect::<std::collections::VecDeque<_>>();
     let mut running: JoinSet<CaseOutcome> = JoinSet::new();
     let mut in_flight: HashMap<tokio::task::Id, PlannedCase> = HashMap::new();
     let mut overall = Verdict::Pass;
@@ -236,7 +269,9 @@ pub async fn run(
 
     loop {
         while !(interrupted || stopped_by_failure) && running.len() < jobs {
-            let Some(planned) = pending.pop_front() else { break };
+            let Some(planned) = pending.pop_front() else {
+                break;
+            };
             let _ = events.send(RunEvent::CaseStarted {
                 id: planned.id.clone(),
                 name: planned.name.clone(),
@@ -296,12 +331,19 @@ pub async fn run(
     overall
 }
 
-fn emit(handle: &RunContextHandle, events: &mpsc::UnboundedSender<RunEvent>, mut outcome: CaseOutcome) {
+fn emit(
+    handle: &RunContextHandle,
+    events: &mpsc::UnboundedSender<RunEvent>,
+    mut outcome: CaseOutcome,
+) {
     let raw = handle.context.journal.for_case(&outcome.id);
     for exchange in &raw {
         learn_exchange_secrets(&handle.redactor, exchange);
     }
-    outcome.exchanges = raw.iter().map(|e| ExchangeRecord::from_exchange(e, &handle.redactor)).collect();
+    outcome.exchanges = raw
+        .iter()
+        .map(|e| ExchangeRecord::from_exchange(e, &handle.redactor))
+        .collect();
     let outcome = redact_outcome(outcome, &handle.redactor);
     let _ = events.send(RunEvent::CaseFinished(Box::new(outcome)));
 }
@@ -316,7 +358,8 @@ fn learn_fixture_secrets(handle: &RunContextHandle) {
 }
 
 fn learn_exchange_secrets(redactor: &Redactor, exchange: &crate::journal::Exchange) {
-    let bodies = std::iter::once(&exchange.request.body).chain(exchange.response.as_ref().map(|r| &r.body));
+    let bodies =
+        std::iter::once(&exchange.request.body).chain(exchange.response.as_ref().map(|r| &r.body));
     for body in bodies {
         if let Some(json) = body.json() {
             redactor.learn_json(&json);

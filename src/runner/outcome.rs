@@ -103,11 +103,19 @@ impl CaseOutcome {
 #[derive(Debug, Clone)]
 pub enum RunEvent {
     /// The plan is fixed.
-    Started { cases: usize, phases: Vec<String> },
-    CaseStarted { id: String, name: String },
+    Started {
+        cases: usize,
+        phases: Vec<String>,
+    },
+    CaseStarted {
+        id: String,
+        name: String,
+    },
     CaseFinished(Box<CaseOutcome>),
     /// The run ended; `interrupted` when it was stopped early.
-    Finished { interrupted: bool },
+    Finished {
+        interrupted: bool,
+    },
 }
 
 /// An exchange as reports show it: redacted, bodies rendered as text.
@@ -134,7 +142,14 @@ pub struct ExchangeRecord {
 /// Longest body text a report shows; the rest is cut with a note (the hash covers all).
 const MAX_SHOWN_BODY: usize = 64 * 1024;
 /// Headers worth showing; the rest is noise in a report.
-const SHOWN_HEADERS: [&str; 6] = ["content-type", "accept", "authorization", "location", "www-authenticate", "content-length"];
+const SHOWN_HEADERS: [&str; 6] = [
+    "content-type",
+    "accept",
+    "authorization",
+    "location",
+    "www-authenticate",
+    "content-length",
+];
 
 impl ExchangeRecord {
     /// Redacts one journaled exchange for reporting.
@@ -162,7 +177,9 @@ impl ExchangeRecord {
             response_headers: response.map(|r| headers(&r.headers)).unwrap_or_default(),
             response_body: response.and_then(|r| show_body(&r.body, redactor)),
             response_bytes: response.map(|r| r.body.bytes.len()).unwrap_or(0),
-            response_sha256: response.filter(|r| !r.body.bytes.is_empty()).map(|r| r.body.sha256()),
+            response_sha256: response
+                .filter(|r| !r.body.bytes.is_empty())
+                .map(|r| r.body.sha256()),
             error: exchange.error.as_ref().map(|e| redactor.text(e)),
         }
     }
@@ -174,7 +191,11 @@ fn show_body(body: &Body, redactor: &Redactor) -> Option<String> {
     if body.bytes.is_empty() {
         return None;
     }
-    let content_type = body.content_type.as_deref().unwrap_or_default().to_ascii_lowercase();
+    let content_type = body
+        .content_type
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     if content_type.starts_with("application/x-www-form-urlencoded") {
         return Some(cut(redactor.form(&body.bytes)));
     }
@@ -187,7 +208,10 @@ fn show_body(body: &Body, redactor: &Redactor) -> Option<String> {
     }
     match std::str::from_utf8(&body.bytes) {
         Ok(text) => Some(cut(redactor.text(text))),
-        Err(_) => Some(format!("[{} bytes of binary data, not shown]", body.bytes.len())),
+        Err(_) => Some(format!(
+            "[{} bytes of binary data, not shown]",
+            body.bytes.len()
+        )),
     }
 }
 
@@ -199,7 +223,9 @@ fn cut(mut text: String) -> String {
         }
         let total = text.len();
         text.truncate(end);
-        text.push_str(&format!("\n… [cut: {total} bytes in all; the SHA-256 covers the whole body]"));
+        text.push_str(&format!(
+            "\n… [cut: {total} bytes in all; the SHA-256 covers the whole body]"
+        ));
     }
     text
 }

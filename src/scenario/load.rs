@@ -98,7 +98,10 @@ pub fn read_text(path: &Path) -> Result<String, InputError> {
     if metadata.len() > MAX_YAML_BYTES {
         return Err(InputError::File {
             file,
-            message: format!("the file is {} bytes; at most {MAX_YAML_BYTES} are accepted", metadata.len()),
+            message: format!(
+                "the file is {} bytes; at most {MAX_YAML_BYTES} are accepted",
+                metadata.len()
+            ),
         });
     }
     let bytes = std::fs::read(path).map_err(|e| InputError::Read {
@@ -107,7 +110,10 @@ pub fn read_text(path: &Path) -> Result<String, InputError> {
     })?;
     String::from_utf8(bytes).map_err(|e| InputError::File {
         file,
-        message: format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+        message: format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ),
     })
 }
 
@@ -141,7 +147,10 @@ fn strip_location_prefix(message: &str) -> String {
     let message = message.trim_start_matches("error: ");
     if let Some(rest) = message.strip_prefix("line ")
         && let Some((_, after)) = rest.split_once(": ")
-        && rest.split(": ").next().is_some_and(|p| p.contains(" column "))
+        && rest
+            .split(": ")
+            .next()
+            .is_some_and(|p| p.contains(" column "))
     {
         return after.to_owned();
     }
@@ -155,21 +164,30 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| text.split_at(i))
         .unwrap_or((text, ""));
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("expected a duration such as `500ms`, `2s` or `1m`, found `{text}`"))?;
+    let value: u64 = number.parse().map_err(|_| {
+        format!("expected a duration such as `500ms`, `2s` or `1m`, found `{text}`")
+    })?;
     match unit {
         "ms" => Ok(Duration::from_millis(value)),
         "s" => Ok(Duration::from_secs(value)),
         "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
-        _ => Err(format!("expected a duration such as `500ms`, `2s` or `1m`, found `{text}`")),
+        _ => Err(format!(
+            "expected a duration such as `500ms`, `2s` or `1m`, found `{text}`"
+        )),
     }
 }
 
-fn spanned_duration(file: &str, text: &str, value: &Option<Spanned<String>>, default: Duration) -> Result<Duration, InputError> {
+fn spanned_duration(
+    file: &str,
+    text: &str,
+    value: &Option<Spanned<String>>,
+    default: Duration,
+) -> Result<Duration, InputError> {
     match value {
         None => Ok(default),
-        Some(spanned) => parse_duration(&spanned.value).map_err(|m| InputError::at(file, text, spanned, m)),
+        Some(spanned) => {
+            parse_duration(&spanned.value).map_err(|m| InputError::at(file, text, spanned, m))
+        }
     }
 }
 
@@ -189,17 +207,35 @@ pub fn load_scenario(path: &Path) -> Result<Scenario, InputError> {
     let doc: ScenarioDoc = parse_yaml(&file, &text)?;
 
     if !is_slug(&doc.id.value) {
-        return Err(InputError::at(&file, &text, &doc.id, "the id must be lower-case letters, digits and dashes"));
+        return Err(InputError::at(
+            &file,
+            &text,
+            &doc.id,
+            "the id must be lower-case letters, digits and dashes",
+        ));
     }
     if !is_slug(&doc.patient.value) {
-        return Err(InputError::at(&file, &text, &doc.patient, "the patient must name a fixture folder (lower-case letters, digits and dashes)"));
+        return Err(InputError::at(
+            &file,
+            &text,
+            &doc.patient,
+            "the patient must name a fixture folder (lower-case letters, digits and dashes)",
+        ));
     }
     if doc.steps.is_empty() {
-        return Err(InputError::File { file, message: "a scenario needs at least one step".to_owned() });
+        return Err(InputError::File {
+            file,
+            message: "a scenario needs at least one step".to_owned(),
+        });
     }
     for phase in &doc.phases {
         if !is_slug(&phase.value) {
-            return Err(InputError::at(&file, &text, phase, "a phase id is lower-case letters, digits and dashes"));
+            return Err(InputError::at(
+                &file,
+                &text,
+                phase,
+                "a phase id is lower-case letters, digits and dashes",
+            ));
         }
     }
 
@@ -220,12 +256,22 @@ pub fn load_scenario(path: &Path) -> Result<Scenario, InputError> {
     })
 }
 
-fn validate_step(file: &str, text: &str, index: usize, spanned: &Spanned<StepDoc>) -> Result<Step, InputError> {
+fn validate_step(
+    file: &str,
+    text: &str,
+    index: usize,
+    spanned: &Spanned<StepDoc>,
+) -> Result<Step, InputError> {
     let doc = &spanned.value;
     let mut actions = Vec::new();
     if let Some(args) = &doc.notify {
         if args.page_size == 0 {
-            return Err(InputError::at(file, text, spanned, "notify.page-size must be at least 1"));
+            return Err(InputError::at(
+                file,
+                text,
+                spanned,
+                "notify.page-size must be at least 1",
+            ));
         }
         actions.push(Action::Notify(NotifySettings {
             letter: args.letter,
@@ -246,14 +292,29 @@ fn validate_step(file: &str, text: &str, index: usize, spanned: &Spanned<StepDoc
         });
     }
     if let Some(wait) = &doc.wait {
-        let duration = parse_duration(&wait.value).map_err(|m| InputError::at(file, text, wait, m))?;
+        let duration =
+            parse_duration(&wait.value).map_err(|m| InputError::at(file, text, wait, m))?;
         actions.push(Action::Wait(duration));
     }
 
     let action = match actions.len() {
         1 => actions.remove(0),
-        0 => return Err(InputError::at(file, text, spanned, "a step needs one action: notify, await-pull, confirm or wait")),
-        _ => return Err(InputError::at(file, text, spanned, "a step has exactly one action; this one has several")),
+        0 => {
+            return Err(InputError::at(
+                file,
+                text,
+                spanned,
+                "a step needs one action: notify, await-pull, confirm or wait",
+            ));
+        }
+        _ => {
+            return Err(InputError::at(
+                file,
+                text,
+                spanned,
+                "a step has exactly one action; this one has several",
+            ));
+        }
     };
     for check in &doc.checks {
         if check.value.step_kind() != action.kind() {
@@ -272,7 +333,10 @@ fn validate_step(file: &str, text: &str, index: usize, spanned: &Spanned<StepDoc
     }
     let checks: Vec<CheckId> = doc.checks.iter().map(|c| c.value).collect();
     Ok(Step {
-        name: doc.name.clone().unwrap_or_else(|| format!("{} {}", index + 1, action.kind().name())),
+        name: doc
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{} {}", index + 1, action.kind().name())),
         action,
         checks,
     })
@@ -284,16 +348,27 @@ pub fn load_phase(path: &Path) -> Result<Phase, InputError> {
     let text = read_text(path)?;
     let doc: PhaseDoc = parse_yaml(&file, &text)?;
     if !is_slug(&doc.id.value) {
-        return Err(InputError::at(&file, &text, &doc.id, "the id must be lower-case letters, digits and dashes"));
+        return Err(InputError::at(
+            &file,
+            &text,
+            &doc.id,
+            "the id must be lower-case letters, digits and dashes",
+        ));
     }
     if doc.matrix.counterparts.is_empty() {
-        return Err(InputError::File { file, message: "matrix.counterparts needs at least one organisation".to_owned() });
+        return Err(InputError::File {
+            file,
+            message: "matrix.counterparts needs at least one organisation".to_owned(),
+        });
     }
     for counterpart in &doc.matrix.counterparts {
         if counterpart.departments.is_empty() {
             return Err(InputError::File {
                 file,
-                message: format!("the counterpart `{}` needs at least one department", counterpart.name),
+                message: format!(
+                    "the counterpart `{}` needs at least one department",
+                    counterpart.name
+                ),
             });
         }
     }
@@ -301,7 +376,12 @@ pub fn load_phase(path: &Path) -> Result<Phase, InputError> {
         None => DepartmentSelection::Keyword("first".to_owned()),
         Some(spanned) => match &spanned.value {
             DepartmentSelection::Keyword(k) if k != "first" && k != "all" => {
-                return Err(InputError::at(&file, &text, spanned, format!("expected `first`, `all` or a list of department ids, found `{k}`")));
+                return Err(InputError::at(
+                    &file,
+                    &text,
+                    spanned,
+                    format!("expected `first`, `all` or a list of department ids, found `{k}`"),
+                ));
             }
             other => other.clone(),
         },
@@ -327,7 +407,9 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, InputError> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
         .collect();
     files.sort();
     Ok(files)
@@ -344,7 +426,10 @@ pub enum FileKind {
 /// Guesses the kind of a YAML file: phase files sit in a `phases` folder, target files in a
 /// `targets` folder, everything else is a scenario.
 pub fn file_kind(path: &Path) -> FileKind {
-    let parent = path.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str());
+    let parent = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str());
     match parent {
         Some("phases") => FileKind::Phase,
         Some("targets") => FileKind::Target,
@@ -369,15 +454,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let scenario = load_scenario(&write(&dir, "s.yaml", GOOD)).unwrap();
         assert_eq!(scenario.steps.len(), 2);
-        assert!(matches!(scenario.steps[1].action, Action::AwaitPull { within, .. } if within == Duration::from_secs(5)));
+        assert!(
+            matches!(scenario.steps[1].action, Action::AwaitPull { within, .. } if within == Duration::from_secs(5))
+        );
     }
 
     #[test]
     fn an_unknown_key_names_file_line_and_column() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(&dir, "s.yaml", &GOOD.replace("  - await-pull", "  - await-pul"));
+        let path = write(
+            &dir,
+            "s.yaml",
+            &GOOD.replace("  - await-pull", "  - await-pul"),
+        );
         let error = load_scenario(&path).unwrap_err().to_string();
-        assert!(error.starts_with(&format!("{}:10:5: unknown field `await-pul`", path.display())), "{error}");
+        assert!(
+            error.starts_with(&format!(
+                "{}:10:5: unknown field `await-pul`",
+                path.display()
+            )),
+            "{error}"
+        );
         assert!(error.contains("expected one of"), "{error}");
     }
 
@@ -385,26 +482,50 @@ mod tests {
     fn a_check_on_the_wrong_step_is_an_error_at_the_check() {
         let dir = tempfile::tempdir().unwrap();
         let text = GOOD.replace("[notification-accepted]", "[letter-retrieved-intact]");
-        let error = load_scenario(&write(&dir, "s.yaml", &text)).unwrap_err().to_string();
-        assert!(error.contains(":9:15: the check `letter-retrieved-intact` belongs to a `await-pull` step"), "{error}");
+        let error = load_scenario(&write(&dir, "s.yaml", &text))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(
+                ":9:15: the check `letter-retrieved-intact` belongs to a `await-pull` step"
+            ),
+            "{error}"
+        );
     }
 
     #[test]
     fn a_step_without_or_with_two_actions_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let text = GOOD.replace("  - await-pull: { within: 5s }\n", "  - name: nothing\n");
-        assert!(load_scenario(&write(&dir, "a.yaml", &text)).unwrap_err().to_string().contains("needs one action"));
-        let text = GOOD.replace("  - await-pull: { within: 5s }\n", "  - wait: 1s\n    await-pull: {}\n");
-        assert!(load_scenario(&write(&dir, "b.yaml", &text)).unwrap_err().to_string().contains("exactly one action"));
+        assert!(
+            load_scenario(&write(&dir, "a.yaml", &text))
+                .unwrap_err()
+                .to_string()
+                .contains("needs one action")
+        );
+        let text = GOOD.replace(
+            "  - await-pull: { within: 5s }\n",
+            "  - wait: 1s\n    await-pull: {}\n",
+        );
+        assert!(
+            load_scenario(&write(&dir, "b.yaml", &text))
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one action")
+        );
     }
 
     #[test]
     fn bad_durations_and_broken_yaml_are_located() {
         let dir = tempfile::tempdir().unwrap();
         let text = GOOD.replace("within: 5s", "within: soon");
-        let error = load_scenario(&write(&dir, "d.yaml", &text)).unwrap_err().to_string();
+        let error = load_scenario(&write(&dir, "d.yaml", &text))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains(":10:29: expected a duration"), "{error}");
-        let error = load_scenario(&write(&dir, "y.yaml", "id: [\n")).unwrap_err().to_string();
+        let error = load_scenario(&write(&dir, "y.yaml", "id: [\n"))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("y.yaml:1:"), "{error}");
     }
 

@@ -63,7 +63,11 @@ impl Suite {
             phases,
         };
         errors.extend(suite.lint());
-        if errors.is_empty() { Ok(suite) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(suite)
+        } else {
+            Err(errors)
+        }
     }
 
     /// Cross-file rules: unique ids, known phases, required cases covered, fixtures present.
@@ -73,22 +77,34 @@ impl Suite {
         let mut seen = BTreeSet::new();
         for scenario in &self.scenarios {
             if !seen.insert(scenario.id.as_str()) {
-                errors.push(file_error(&scenario.file, format!("the scenario id `{}` is used twice", scenario.id)));
+                errors.push(file_error(
+                    &scenario.file,
+                    format!("the scenario id `{}` is used twice", scenario.id),
+                ));
             }
             for phase in &scenario.phases {
                 if !phase_ids.contains(phase.as_str()) {
-                    errors.push(file_error(&scenario.file, format!("the phase `{phase}` has no file in scenarios/phases/")));
+                    errors.push(file_error(
+                        &scenario.file,
+                        format!("the phase `{phase}` has no file in scenarios/phases/"),
+                    ));
                 }
             }
             let fixture = self.patient_fixture(&scenario.patient);
             if !fixture.is_file() {
-                errors.push(file_error(&scenario.file, format!("the patient fixture {} does not exist", fixture.display())));
+                errors.push(file_error(
+                    &scenario.file,
+                    format!("the patient fixture {} does not exist", fixture.display()),
+                ));
             }
         }
         let mut seen = BTreeSet::new();
         for phase in &self.phases {
             if !seen.insert(phase.id.as_str()) {
-                errors.push(file_error(&phase.file, format!("the phase id `{}` is used twice", phase.id)));
+                errors.push(file_error(
+                    &phase.file,
+                    format!("the phase id `{}` is used twice", phase.id),
+                ));
             }
             for case in &phase.cases {
                 let covered = self
@@ -105,7 +121,11 @@ impl Suite {
 
     /// The BgZ fixture of a patient key.
     pub fn patient_fixture(&self, key: &str) -> PathBuf {
-        self.root.join("fixtures").join("patients").join(key).join("bgz.json")
+        self.root
+            .join("fixtures")
+            .join("patients")
+            .join(key)
+            .join("bgz.json")
     }
 }
 
@@ -117,7 +137,10 @@ fn file_error(file: &str, message: String) -> InputError {
 }
 
 fn phase_rank(id: &str) -> (usize, String) {
-    let rank = PHASE_ORDER.iter().position(|p| *p == id).unwrap_or(PHASE_ORDER.len());
+    let rank = PHASE_ORDER
+        .iter()
+        .position(|p| *p == id)
+        .unwrap_or(PHASE_ORDER.len());
     (rank, id.to_owned())
 }
 
@@ -201,7 +224,11 @@ impl Plan {
                             cases.push(PlannedCase {
                                 id: format!(
                                     "{}/{}/{}-{}/{}",
-                                    phase.id, scenario.id, counterpart.ura, department, target_department.id
+                                    phase.id,
+                                    scenario.id,
+                                    counterpart.ura,
+                                    department,
+                                    target_department.id
                                 ),
                                 name: format!(
                                     "{} [{}@{} → {}]",

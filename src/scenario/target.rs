@@ -172,25 +172,46 @@ impl Target {
 
         let ura = &doc.organisation.ura;
         if ura.value.len() != 8 || !ura.value.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(InputError::at(&file, &text, ura, "a URA is 8 digits, written as a string"));
+            return Err(InputError::at(
+                &file,
+                &text,
+                ura,
+                "a URA is 8 digits, written as a string",
+            ));
         }
         if doc.departments.is_empty() {
-            return Err(InputError::File { file, message: "departments needs at least one department".to_owned() });
+            return Err(InputError::File {
+                file,
+                message: "departments needs at least one department".to_owned(),
+            });
         }
         let endpoints = match (doc.kind, doc.endpoints) {
             (TargetKind::Remote, None) => {
-                return Err(InputError::File { file, message: "a remote target needs endpoints (notification, token)".to_owned() });
+                return Err(InputError::File {
+                    file,
+                    message: "a remote target needs endpoints (notification, token)".to_owned(),
+                });
             }
             (TargetKind::Remote, Some(spanned)) => {
                 for url in [&spanned.value.notification, &spanned.value.token] {
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err(InputError::at(&file, &text, &spanned, format!("`{url}` is not an http(s) URL")));
+                        return Err(InputError::at(
+                            &file,
+                            &text,
+                            &spanned,
+                            format!("`{url}` is not an http(s) URL"),
+                        ));
                     }
                 }
                 Some(spanned.value)
             }
             (TargetKind::Embedded, Some(spanned)) => {
-                return Err(InputError::at(&file, &text, &spanned, "an embedded target picks its own endpoints; remove `endpoints` or use kind: remote"));
+                return Err(InputError::at(
+                    &file,
+                    &text,
+                    &spanned,
+                    "an embedded target picks its own endpoints; remove `endpoints` or use kind: remote",
+                ));
             }
             (TargetKind::Embedded, None) => None,
         };
@@ -198,14 +219,23 @@ impl Target {
             None => (SocketAddr::from(([127, 0, 0, 1], 0)), None),
             Some(sims) => {
                 let listen: SocketAddr = sims.listen.value.parse().map_err(|_| {
-                    InputError::at(&file, &text, &sims.listen, format!("expected an address such as 127.0.0.1:8400, found `{}`", sims.listen.value))
+                    InputError::at(
+                        &file,
+                        &text,
+                        &sims.listen,
+                        format!(
+                            "expected an address such as 127.0.0.1:8400, found `{}`",
+                            sims.listen.value
+                        ),
+                    )
                 })?;
                 (listen, sims.public_base)
             }
         };
         let exchange_timeout = match &doc.exchange_timeout {
             None => Duration::from_secs(10),
-            Some(spanned) => parse_duration(&spanned.value).map_err(|m| InputError::at(&file, &text, spanned, m))?,
+            Some(spanned) => parse_duration(&spanned.value)
+                .map_err(|m| InputError::at(&file, &text, spanned, m))?,
         };
 
         Ok(Self {

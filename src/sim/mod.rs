@@ -27,7 +27,11 @@ pub(crate) fn outcome_response(status: StatusCode, code: &str, diagnostics: &str
 }
 
 /// Marks a response with the case and kind the journal should record.
-pub(crate) fn attributed(mut response: Response, case_id: Option<&str>, kind: ExchangeKind) -> Response {
+pub(crate) fn attributed(
+    mut response: Response,
+    case_id: Option<&str>,
+    kind: ExchangeKind,
+) -> Response {
     response.extensions_mut().insert(Attribution {
         case_id: case_id.map(str::to_owned),
         kind,

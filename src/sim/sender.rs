@@ -25,8 +25,8 @@ use crate::fhir::search::SearchUrl;
 use crate::fhir::store::{PatientScope, ResourceStore};
 use crate::journal::{ExchangeKind, Journal, Party};
 use crate::protocol::token::{
-    AssertionValidator, GRANT_TYPE, TokenResponse, form_value, opaque_token, parse_form, token_error,
-    unix_now,
+    AssertionValidator, GRANT_TYPE, TokenResponse, form_value, opaque_token, parse_form,
+    token_error, unix_now,
 };
 use crate::transport::RecordingServer;
 
@@ -94,9 +94,10 @@ impl SenderSim {
                 .await?;
         let base = public_base.unwrap_or_else(|| server.base_url());
         let base = base.trim_end_matches('/').to_owned();
-        let _ = state
-            .validator
-            .set(AssertionValidator::new(&format!("{base}/token"), state.leeway_s));
+        let _ = state.validator.set(AssertionValidator::new(
+            &format!("{base}/token"),
+            state.leeway_s,
+        ));
         let _ = state.base.set(base);
         Ok(Self { state, server })
     }
@@ -112,7 +113,11 @@ impl SenderSim {
     }
 
     fn public_base(&self) -> &str {
-        self.state.base.get().map(String::as_str).unwrap_or_default()
+        self.state
+            .base
+            .get()
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 
     /// Where the simulator listens.
@@ -163,10 +168,18 @@ async fn token(State(state): State<Arc<SenderState>>, body: Bytes) -> Response {
     };
 
     if form_value(&form, "grant_type") != Some(GRANT_TYPE) {
-        return answer(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type must be the JWT bearer grant");
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type must be the JWT bearer grant",
+        );
     }
     let Some(assertion) = form_value(&form, "client_assertion") else {
-        return answer(StatusCode::BAD_REQUEST, "invalid_client", "client_assertion is missing");
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            "client_assertion is missing",
+        );
     };
     if let Some(validator) = state.validator.get()
         && let Err(e) = validator.validate(assertion, unix_now())
@@ -182,7 +195,11 @@ async fn token(State(state): State<Arc<SenderState>>, body: Bytes) -> Response {
         return answer(StatusCode::BAD_REQUEST, "invalid_grant", why);
     };
     if share.revoked.load(Ordering::SeqCst) {
-        return answer(StatusCode::BAD_REQUEST, "invalid_grant", "the authorization base was revoked");
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the authorization base was revoked",
+        );
     }
 
     let access_token = opaque_token("at");
@@ -207,7 +224,7 @@ async fn token(State(state): State<Arc<SenderState>>, body: Bytes) -> Response {
 }
 
 /// The share behind the request's bearer token, or the error answer to give.
-fn authorize(state: &SenderState, headers: &HeaderMap) -> Result<Arc<Share>, Response> {
+fn authorize(state: &SenderState, headers: &HeaderMap) -> Result<Arc<Share>, Box<Response>> {
     let unauthorized = |why: &str| {
         let mut response = outcome_response(StatusCode::UNAUTHORIZED, "login", why);
         response.headers_mut().insert(
@@ -222,25 +239,29 @@ fn authorize(state: &SenderState, headers: &HeaderMap) -> Result<Arc<Share>, Res
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(token) = token else {
-        return Err(unauthorized("a Bearer access token is required"));
+        return Err(Box::new(unauthorized("a Bearer access token is required")));
     };
     let grant = lock(&state.grants).get(token).cloned();
     let Some(grant) = grant else {
-        return Err(unauthorized("the access token is not valid"));
+        return Err(Box::new(unauthorized("the access token is not valid")));
     };
     if grant.expires_at < unix_now() {
-        return Err(attributed(
+        return Err(Box::new(attributed(
             unauthorized("the access token has expired"),
             Some(&grant.share.case_id),
             ExchangeKind::Other,
-        ));
+        )));
     }
     if grant.share.revoked.load(Ordering::SeqCst) {
-        return Err(attributed(
-            outcome_response(StatusCode::FORBIDDEN, "forbidden", "the notification was cancelled"),
+        return Err(Box::new(attributed(
+            outcome_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the notification was cancelled",
+            ),
             Some(&grant.share.case_id),
             ExchangeKind::Other,
-        ));
+        )));
     }
     Ok(grant.share)
 }
@@ -253,7 +274,7 @@ async fn search(
 ) -> Response {
     let share = match authorize(&state, &headers) {
         Ok(share) => share,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let kind = ExchangeKind::Search;
     let relative = match &query {
@@ -264,9 +285,18 @@ async fn search(
     attributed(answer, Some(&share.case_id), kind)
 }
 
-fn serve_search(state: &SenderState, share: &Share, relative: &str, headers: &HeaderMap) -> Response {
+fn serve_search(
+    state: &SenderState,
+    share: &Share,
+    relative: &str,
+    headers: &HeaderMap,
+) -> Response {
     if negotiate(accept(headers), false) == Wanted::Unmeetable {
-        return outcome_response(StatusCode::NOT_ACCEPTABLE, "not-supported", "only FHIR JSON is served");
+        return outcome_response(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-supported",
+            "only FHIR JSON is served",
+        );
     }
     let url = match SearchUrl::parse_relative(relative) {
         Ok(url) => url,
@@ -276,11 +306,18 @@ fn serve_search(state: &SenderState, share: &Share, relative: &str, headers: &He
         Ok(hits) => hits,
         Err(e) => {
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            let code = if status == StatusCode::FORBIDDEN { "forbidden" } else { "not-supported" };
+            let code = if status == StatusCode::FORBIDDEN {
+                "forbidden"
+            } else {
+                "not-supported"
+            };
             return outcome_response(status, code, &e.to_string());
         }
     };
-    let base = format!("{}/fhir", state.base.get().map(String::as_str).unwrap_or_default());
+    let base = format!(
+        "{}/fhir",
+        state.base.get().map(String::as_str).unwrap_or_default()
+    );
     let page = PageRequest::from_url(&url, share.page_size);
     let bundle = searchset_page(&share.store, &url, &hits, page, &base);
     fhir_response(StatusCode::OK, &bundle)
@@ -298,7 +335,7 @@ async fn read_or_operation(
 ) -> Response {
     let share = match authorize(&state, &headers) {
         Ok(share) => share,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let case_id = Some(share.case_id.as_str());
 
@@ -324,14 +361,22 @@ async fn read_or_operation(
     }
 
     let key = format!("{rtype}/{id}");
-    let kind = if rtype == "Binary" { ExchangeKind::Binary } else { ExchangeKind::Read };
+    let kind = if rtype == "Binary" {
+        ExchangeKind::Binary
+    } else {
+        ExchangeKind::Read
+    };
     let resource = share
         .reachable
         .contains(&key)
         .then(|| share.store.get(&key))
         .flatten();
     let Some(resource) = resource else {
-        let answer = outcome_response(StatusCode::NOT_FOUND, "not-found", &format!("{rtype} {id} is not available"));
+        let answer = outcome_response(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("{rtype} {id} is not available"),
+        );
         return attributed(answer, case_id, kind);
     };
 
@@ -346,7 +391,11 @@ async fn read_or_operation(
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static(PDF));
                 response
             }
-            Err(_) => outcome_response(StatusCode::INTERNAL_SERVER_ERROR, "exception", "the Binary content is not base64"),
+            Err(_) => outcome_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                "the Binary content is not base64",
+            ),
         },
         Wanted::Unmeetable => outcome_response(
             StatusCode::NOT_ACCEPTABLE,

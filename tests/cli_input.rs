@@ -1,0 +1,95 @@
+//! Bad input gets a clear error that names the file, line and column, and exit code 2.
+
+use assert_cmd::Command;
+
+fn harness() -> Command {
+    let mut command = Command::cargo_bin("bgz-harness").expect("the binary is built by cargo test");
+    command.current_dir(env!("CARGO_MANIFEST_DIR"));
+    command
+}
+
+#[test]
+fn validate_accepts_the_shipped_project() {
+    harness().arg("validate").assert().code(0);
+}
+
+#[test]
+fn validate_names_file_line_and_column_of_a_broken_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.yaml");
+    let good = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scenarios/known-patient.yaml"
+    ))
+    .unwrap();
+    let broken = good.replace("    await-pull:", "    await-pul:");
+    let line = broken
+        .lines()
+        .position(|l| l.contains("await-pul:"))
+        .unwrap()
+        + 1;
+    std::fs::write(&path, broken).unwrap();
+
+    let output = harness().arg("validate").arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let expected = format!("{}:{line}:5: unknown field `await-pul`", path.display());
+    assert!(
+        stderr.contains(&expected),
+        "expected `{expected}` in:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_run_with_a_broken_target_file_exits_2_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("target.yaml");
+    std::fs::write(
+        &path,
+        "name: x\nkind: remote\norganisation: { name: y, ura: 123 }\ndepartments: []\n",
+    )
+    .unwrap();
+    let output = harness()
+        .args(["run", "--progress", "never", "--target"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("{}:3:", path.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_filters_and_faults_are_input_errors() {
+    harness()
+        .args(["run", "--phase", "no-such-phase"])
+        .assert()
+        .code(2);
+    harness()
+        .args(["run", "--node-fault", "no-such-fault"])
+        .assert()
+        .code(2);
+    harness().args(["list", "--shard", "3/2"]).assert().code(2);
+}
+
+#[test]
+fn list_shows_the_expanded_cases() {
+    let output = harness().arg("list").output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("technical-test/known-patient/90000123-verwijzer-interne/cardiologie"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn node_faults_lists_one_name_per_line() {
+    let output = harness().args(["node", "faults"]).output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.lines().count() >= 9);
+    assert!(stdout.lines().all(|l| !l.contains(' ')));
+}

@@ -1,0 +1,219 @@
+//! Runs the binary against the embedded reference node: the clean node passes, every fault
+//! switch is caught by the check that guards its rule, and no report leaks patient data.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+fn harness() -> Command {
+    let mut command = Command::cargo_bin("bgz-harness").expect("the binary is built by cargo test");
+    command.current_dir(env!("CARGO_MANIFEST_DIR"));
+    command
+}
+
+fn run_into(reports: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    harness()
+        .args([
+            "run",
+            "--progress",
+            "never",
+            "--phase",
+            "technical-test",
+            "--reports",
+        ])
+        .arg(reports)
+        .args(extra)
+        .assert()
+}
+
+fn junit(reports: &Path) -> String {
+    let path = reports.join("technical-test").join("junit.xml");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{} missing: {e}", path.display()))
+}
+
+/// (check name, message) of every failed check in a JUnit file.
+fn failures(xml: &str) -> Vec<String> {
+    let doc = roxmltree::Document::parse(xml).expect("junit.xml is well-formed XML");
+    doc.descendants()
+        .filter(|n| n.has_tag_name("failure"))
+        .map(|n| n.text().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_clean_reference_node_passes_and_all_three_reports_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    run_into(dir.path(), &[]).code(0);
+
+    let xml = junit(dir.path());
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let cases: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert!(!cases.is_empty());
+    assert!(failures(&xml).is_empty(), "{xml}");
+
+    let html = std::fs::read_to_string(dir.path().join("technical-test/report.html")).unwrap();
+    assert!(html.contains("notification-accepted") && html.contains("TT-1"));
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("technical-test/results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["totals"]["passed"], cases.len());
+    assert_eq!(json["totals"]["failed"], 0);
+}
+
+/// The check each fault must trip, and a phrase its message must contain.
+const FAULTS: [(&str, &str, &str); 9] = [
+    (
+        "no-location",
+        "notification-accepted",
+        "instead of 201 Created",
+    ),
+    (
+        "omit-authorization-base",
+        "token-carries-authorization-base",
+        "had no authorization_base field",
+    ),
+    (
+        "skip-workflow-task",
+        "workflow-task-read",
+        "never read Task/",
+    ),
+    (
+        "partial-searches",
+        "every-notified-search-run",
+        "were never run",
+    ),
+    ("ignore-paging", "every-page-fetched", "did not follow"),
+    (
+        "skip-letter",
+        "letter-retrieved-intact",
+        "never retrieved the letter",
+    ),
+    (
+        "corrupt-letter",
+        "letter-retrieved-intact",
+        "stored different bytes",
+    ),
+    ("wrong-patient", "referral-filed", "filed under patient"),
+    ("wrong-department", "referral-filed", "filed in department"),
+];
+
+#[test]
+fn every_fault_switch_is_caught_by_its_named_check() {
+    let listed = harness().args(["node", "faults"]).output().unwrap();
+    let listed: Vec<String> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let covered: Vec<&str> = FAULTS.iter().map(|(f, _, _)| *f).collect();
+    assert_eq!(listed, covered, "every listed fault needs a row in FAULTS");
+
+    for (fault, check, phrase) in FAULTS {
+        let dir = tempfile::tempdir().unwrap();
+        run_into(dir.path(), &["--node-fault", fault]).code(1);
+        let failures = failures(&junit(dir.path()));
+        let caught = failures
+            .iter()
+            .any(|f| f.contains(&format!("check {check} [FAIL]")) && f.contains(phrase));
+        assert!(
+            caught,
+            "fault {fault}: expected {check} to fail with `{phrase}`, got {failures:#?}"
+        );
+    }
+}
+
+#[test]
+fn repeated_clean_runs_never_fail_falsely() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        run_into(dir.path(), &["--jobs", "8"]).code(0);
+    }
+}
+
+/// BSNs, names and birth dates of every fixture patient.
+fn fixture_secrets() -> Vec<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/patients");
+    let mut secrets = Vec::new();
+    for entry in std::fs::read_dir(root).unwrap() {
+        let bundle: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(entry.unwrap().path().join("bgz.json")).unwrap(),
+        )
+        .unwrap();
+        for e in bundle["entry"].as_array().unwrap() {
+            let r = &e["resource"];
+            if r["resourceType"] != "Patient" {
+                continue;
+            }
+            for id in r["identifier"].as_array().into_iter().flatten() {
+                if id["system"] == "http://fhir.nl/fhir/NamingSystem/bsn" {
+                    secrets.push(id["value"].as_str().unwrap().to_owned());
+                }
+            }
+            for name in r["name"].as_array().into_iter().flatten() {
+                if let Some(family) = name["family"].as_str() {
+                    secrets.push(family.to_owned());
+                }
+                for given in name["given"].as_array().into_iter().flatten() {
+                    secrets.push(given.as_str().unwrap().to_owned());
+                }
+            }
+            let birth = r["birthDate"].as_str().unwrap().to_owned();
+            secrets.push(birth.replace('-', ""));
+            secrets.push(birth);
+        }
+    }
+    secrets.retain(|s| s.len() >= 3);
+    assert!(
+        secrets.len() >= 9,
+        "fixtures hold BSNs, names and birth dates: {}",
+        secrets.len()
+    );
+    secrets
+}
+
+#[test]
+fn no_report_contains_a_fixture_bsn_name_birth_date_or_token() {
+    let secrets = fixture_secrets();
+    let dir = tempfile::tempdir().unwrap();
+    // A failing run shows the most evidence; run one clean and one faulty.
+    run_into(&dir.path().join("clean"), &[]).code(0);
+    run_into(
+        &dir.path().join("faulty"),
+        &["--node-fault", "wrong-patient"],
+    )
+    .code(1);
+
+    for phase_dir in ["clean/technical-test", "faulty/technical-test"] {
+        for file in ["junit.xml", "report.html", "results.json"] {
+            let path = dir.path().join(phase_dir).join(file);
+            let text = std::fs::read_to_string(&path).unwrap();
+            for secret in &secrets {
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "{} leaks a fixture value",
+                    path.display()
+                );
+            }
+            for prefix in ["\"ab-", "\"at-", "\"nt-", "Bearer at-", "Bearer nt-", "eyJ"] {
+                assert!(
+                    !text.contains(prefix),
+                    "{} leaks a token ({prefix})",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn an_unredacted_run_says_so_in_every_report() {
+    let dir = tempfile::tempdir().unwrap();
+    run_into(dir.path(), &["--unredacted"]).code(0);
+    let html = std::fs::read_to_string(dir.path().join("technical-test/report.html")).unwrap();
+    assert!(html.contains("UNREDACTED"));
+    assert!(junit(dir.path()).contains(r#"name="redacted" value="no""#));
+}
