@@ -100,6 +100,21 @@ struct RunArgs {
     /// reports say so in red).
     #[arg(long)]
     unredacted: bool,
+    /// Answers to confirm steps for unattended runs (YAML).
+    #[arg(long)]
+    answers: Option<PathBuf>,
+    /// Prompt for confirm steps that nothing else answers: auto prompts when stdin is a
+    /// terminal.
+    #[arg(long, value_enum, default_value = "auto")]
+    interactive: Interactive,
+}
+
+/// When to prompt the tester.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Interactive {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Subcommand)]
@@ -278,11 +293,25 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
         );
         return EXIT_INPUT;
     }
+    let answers = match &args.answers {
+        Some(path) => match crate::scenario::answers::load_answers(path) {
+            Ok(rules) => rules,
+            Err(e) => return report_input_errors(&[e]),
+        },
+        None => Vec::new(),
+    };
+    let interactive = match args.interactive {
+        Interactive::Always => true,
+        Interactive::Never => false,
+        Interactive::Auto => std::io::IsTerminal::is_terminal(&std::io::stdin()),
+    };
     let options = RunOptions {
         jobs: args.jobs,
         fail_fast: args.fail_fast,
         node_faults,
         unredacted: args.unredacted,
+        answers,
+        interactive,
     };
     let handle = match prepare(&plan, &target, root, &options).await {
         Ok(handle) => handle,

@@ -65,7 +65,7 @@ fn the_clean_reference_node_passes_and_all_three_reports_are_written() {
 }
 
 /// The check each fault must trip, and a phrase its message must contain.
-const FAULTS: [(&str, &str, &str); 9] = [
+const FAULTS: [(&str, &str, &str); 11] = [
     (
         "no-location",
         "notification-accepted",
@@ -99,6 +99,16 @@ const FAULTS: [(&str, &str, &str); 9] = [
     ),
     ("wrong-patient", "referral-filed", "filed under patient"),
     ("wrong-department", "referral-filed", "filed in department"),
+    (
+        "ignore-cancellation",
+        "referral-cancelled",
+        "still Filed after the cancellation",
+    ),
+    (
+        "repull-on-cancel",
+        "pull-stopped",
+        "new pull token(s) after acknowledging the cancellation",
+    ),
 ];
 
 #[test]

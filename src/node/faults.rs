@@ -26,11 +26,15 @@ pub enum Fault {
     WrongPatient,
     /// Files the referral in another department than the addressed one.
     WrongDepartment,
+    /// Answers a cancellation 200 but leaves the referral as it was.
+    IgnoreCancellation,
+    /// Treats a cancellation as an update and pulls again.
+    RepullOnCancel,
 }
 
 impl Fault {
     /// Every fault, in the order `node faults` lists them.
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 11] = [
         Fault::NoLocation,
         Fault::OmitAuthorizationBase,
         Fault::SkipWorkflowTask,
@@ -40,6 +44,8 @@ impl Fault {
         Fault::CorruptLetter,
         Fault::WrongPatient,
         Fault::WrongDepartment,
+        Fault::IgnoreCancellation,
+        Fault::RepullOnCancel,
     ];
 
     /// The name used on the command line.
@@ -54,6 +60,8 @@ impl Fault {
             Fault::CorruptLetter => "corrupt-letter",
             Fault::WrongPatient => "wrong-patient",
             Fault::WrongDepartment => "wrong-department",
+            Fault::IgnoreCancellation => "ignore-cancellation",
+            Fault::RepullOnCancel => "repull-on-cancel",
         }
     }
 
@@ -71,6 +79,8 @@ impl Fault {
             Fault::CorruptLetter => "stores the letter without its last byte",
             Fault::WrongPatient => "files the referral under another patient",
             Fault::WrongDepartment => "files the referral in another department",
+            Fault::IgnoreCancellation => "answers a cancellation 200 but keeps the referral",
+            Fault::RepullOnCancel => "treats a cancellation as an update and pulls again",
         }
     }
 }

@@ -77,6 +77,7 @@ pub enum InboxStatus {
     Filed,
     AwaitingRegistration,
     Failed,
+    Cancelled,
 }
 
 /// What the node stored of the letter.
@@ -91,6 +92,16 @@ pub(crate) struct NodeState {
     base: String,
     senders: Mutex<HashMap<String, SenderEndpoints>>,
     inbox: Mutex<Vec<InboxEntry>>,
+    /// Accepted notifications by `Task.identifier` value, with the addressed department.
+    notifications: Mutex<
+        HashMap<
+            String,
+            (
+                crate::protocol::notification::ReceivedNotification,
+                Option<String>,
+            ),
+        >,
+    >,
     tokens: Mutex<HashMap<String, i64>>,
     validator: AssertionValidator,
     http: reqwest::Client,
@@ -99,6 +110,13 @@ pub(crate) struct NodeState {
 impl NodeState {
     fn has(&self, fault: Fault) -> bool {
         self.config.faults.contains(&fault)
+    }
+
+    /// True when the referral of this notification was cancelled.
+    fn is_cancelled(&self, identifier: &str) -> bool {
+        lock(&self.inbox)
+            .iter()
+            .any(|e| e.notification == identifier && e.status == InboxStatus::Cancelled)
     }
 }
 
@@ -136,6 +154,7 @@ impl ReferenceNode {
             base: base.clone(),
             senders: Mutex::new(HashMap::new()),
             inbox: Mutex::new(Vec::new()),
+            notifications: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             http,
         });

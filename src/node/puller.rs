@@ -26,6 +26,8 @@ struct Session<'a> {
     state: &'a NodeState,
     base: String,
     token: String,
+    /// `Task.identifier` value of the notification being pulled.
+    notification: String,
 }
 
 pub(super) async fn pull(
@@ -72,6 +74,10 @@ pub(super) async fn pull(
     else {
         return;
     };
+    if entry.status == InboxStatus::Cancelled {
+        // Cancelled while pulling: the referral stays cancelled.
+        return;
+    }
     *entry = match outcome {
         Ok(pulled) => InboxEntry {
             notification: notification.identifier.value.clone(),
@@ -123,6 +129,7 @@ async fn run_pull(
         state,
         base: endpoints.fhir_base.trim_end_matches('/').to_owned(),
         token,
+        notification: notification.identifier.value.clone(),
     };
 
     if notification.get_workflow_task
@@ -216,6 +223,9 @@ impl Session<'_> {
     }
 
     async fn get(&self, url: &str, accept: &str) -> Result<reqwest::Response, String> {
+        if !self.state.has(Fault::RepullOnCancel) && self.state.is_cancelled(&self.notification) {
+            return Err("the notification was cancelled; the pull stopped".to_owned());
+        }
         let response = self
             .state
             .http

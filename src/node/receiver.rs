@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,7 +26,7 @@ const NOTIFICATION_TOKEN_LIFETIME_S: i64 = 300;
 pub(super) fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/token", post(token))
-        .route("/fhir/Task", post(notification))
+        .route("/fhir/Task", post(notification).put(cancellation))
         .route("/inspect/inbox", get(inbox))
         .route("/control/senders", post(register_sender))
         .route("/health", get(|| async { "ok" }))
@@ -171,6 +171,10 @@ async fn notification(
             problem: None,
         });
     }
+    lock(&state.notifications).insert(
+        received.identifier.value.clone(),
+        (received.clone(), department.clone()),
+    );
     tokio::spawn(puller::pull(state.clone(), received, department));
 
     let mut stored = task;
@@ -183,6 +187,100 @@ async fn notification(
         response.headers_mut().insert(header::LOCATION, value);
     }
     response
+}
+
+/// `PUT [base]/Task?identifier=system|value`: the sender cancels a notification
+/// (protocol.md §7). 200 when one referral matched, 201 when none did (the cancelled Task
+/// is kept so a late notification is recognised).
+async fn cancellation(
+    State(state): State<Arc<NodeState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !bearer_is_valid(&state, &headers) {
+        return outcome(
+            StatusCode::UNAUTHORIZED,
+            "login",
+            "a valid Bearer token is required",
+        );
+    }
+    let params =
+        crate::fhir::search::parse_query(query.as_deref().unwrap_or_default()).unwrap_or_default();
+    let Some((system, value)) = params
+        .iter()
+        .find(|(n, _)| n == "identifier")
+        .and_then(|(_, v)| v.split_once('|'))
+    else {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "a cancellation is a conditional update: PUT Task?identifier=system|value",
+        );
+    };
+    let task: Value = match serde_json::from_slice(&body) {
+        Ok(task) => task,
+        Err(e) => {
+            return outcome(
+                StatusCode::BAD_REQUEST,
+                "structure",
+                &format!("not JSON: {e}"),
+            );
+        }
+    };
+    if task["status"] != "cancelled" {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "business-rule",
+            "a cancellation sets status `cancelled`; other transitions are refused",
+        );
+    }
+    let body_identifier = &task["identifier"][0];
+    if body_identifier["system"] != system || body_identifier["value"] != value {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the Task's identifier differs from the one in the URL",
+        );
+    }
+
+    let matched = {
+        let mut inbox = lock(&state.inbox);
+        match inbox.iter_mut().find(|e| e.notification == value) {
+            Some(entry) => {
+                if !state.has(Fault::IgnoreCancellation) {
+                    entry.status = InboxStatus::Cancelled;
+                }
+                true
+            }
+            None => {
+                inbox.push(InboxEntry {
+                    notification: value.to_owned(),
+                    department: None,
+                    patient_bsn: None,
+                    patient_known: false,
+                    status: InboxStatus::Cancelled,
+                    searches_run: 0,
+                    resources_pulled: 0,
+                    letter: None,
+                    problem: None,
+                });
+                false
+            }
+        }
+    };
+    if matched && state.has(Fault::RepullOnCancel) {
+        let earlier = lock(&state.notifications).get(value).cloned();
+        if let Some((notification, department)) = earlier {
+            tokio::spawn(puller::pull(state.clone(), notification, department));
+        }
+    }
+    let status = if matched {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    fhir(status, &task)
 }
 
 async fn inbox(State(state): State<Arc<NodeState>>) -> Response {

@@ -17,13 +17,16 @@ use crate::journal::ExchangeKind;
 use crate::node::{InboxEntry, InboxStatus};
 use crate::protocol::IDENTIFIER_SYSTEM;
 use crate::protocol::notification::{
-    Ident, NotificationSpec, build_notification, build_workflow_task, new_identifier,
+    Ident, NotificationSpec, build_cancellation, build_notification, build_workflow_task,
+    new_identifier,
 };
 use crate::protocol::token::{
     AssertionClaims, TokenResponse, UnsignedJws, encode_jwt, opaque_token, token_request_form,
     unix_now,
 };
-use crate::scenario::model::{Action, ConfirmFact, Direction, LetterOffer, NotifySettings, Step};
+use crate::scenario::model::{
+    Action, CheckId, ConfirmFact, Direction, LetterOffer, NotifySettings, Step,
+};
 use crate::scenario::plan::PlannedCase;
 use crate::sim::sender::Share;
 use crate::transport::Outgoing;
@@ -196,6 +199,7 @@ impl CaseRun<'_> {
             Action::Notify(settings) => self.notify(step, settings).await,
             Action::AwaitPull { within, quiet } => self.await_pull(step, *within, *quiet).await,
             Action::Confirm { fact, prompt } => self.confirm(step, *fact, prompt).await,
+            Action::Cancel { observe } => self.cancel(step, *observe).await,
             Action::Wait(duration) => {
                 tokio::time::sleep(*duration).await;
                 step_outcome(step, Verdict::Pass, Vec::new(), None, Vec::new())
@@ -301,6 +305,8 @@ impl CaseRun<'_> {
             workflow_task,
             page_size: settings.page_size,
             revoked: AtomicBool::new(false),
+            hold_token: settings.hold_token,
+            released: tokio::sync::watch::Sender::new(false),
         });
 
         let mut queries =
@@ -468,9 +474,91 @@ impl CaseRun<'_> {
         step_outcome(step, Verdict::Pass, results, None, shown)
     }
 
+    async fn cancel(&mut self, step: &Step, observe: Duration) -> StepOutcome {
+        let Some(sent) = self.state.sent.clone() else {
+            return step_outcome(
+                step,
+                Verdict::Error,
+                Vec::new(),
+                Some("no notification was delivered before cancel".to_owned()),
+                Vec::new(),
+            );
+        };
+        // The sender revokes the authorization base first, then tells the receiver.
+        self.ctx.sender.revoke(&sent.authorization_base);
+        let cancelled_at = self.ctx.journal.now_ms();
+
+        let (token, token_exchange) = match self.notification_token().await {
+            Ok(token) => token,
+            Err((verdict, problem, id)) => {
+                let ids = if id.is_empty() { vec![] } else { vec![id] };
+                return step_outcome(step, verdict, Vec::new(), Some(problem), ids);
+            }
+        };
+        let identifier = format!("{}|{}", sent.identifier.system, sent.identifier.value);
+        let url = format!(
+            "{}/Task?identifier={}",
+            self.ctx.endpoints.notification_base,
+            crate::fhir::search::encode(&identifier)
+        );
+        let body = build_cancellation(&sent.identifier, &self.fixture.scope.bsn);
+        let request = Outgoing::with_body(
+            reqwest::Method::PUT,
+            url,
+            FHIR_JSON,
+            body.to_string(),
+            ExchangeKind::Cancellation,
+        )
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "application/fhir+json")
+        .for_case(self.case_id());
+        let exchange = match self.ctx.to_target.send(request).await {
+            Ok(exchange) => exchange,
+            Err(e) => {
+                return step_outcome(
+                    step,
+                    Verdict::Error,
+                    Vec::new(),
+                    Some(e.to_string()),
+                    vec![token_exchange],
+                );
+            }
+        };
+
+        tokio::time::sleep(observe).await;
+        let exchanges = self.ctx.journal.for_case(&self.planned.id);
+        let results = step
+            .checks
+            .iter()
+            .map(|check| match check {
+                CheckId::CancellationAccepted => checks::cancellation_accepted(&exchange),
+                _ => checks::pull_stopped(&exchanges, cancelled_at, &exchange),
+            })
+            .collect();
+        step_outcome(
+            step,
+            Verdict::Pass,
+            results,
+            None,
+            vec![token_exchange, exchange.id],
+        )
+    }
+
     /// Reads the target's inbox entry for the notification once the target has finished
     /// pulling, when the target has an inspection API.
     async fn inspect_inbox(&self, sent: &Sent, deadline: Instant) -> Option<(InboxEntry, String)> {
+        self.inspect_inbox_until(sent, deadline, |e| e.status != InboxStatus::Pulling)
+            .await
+    }
+
+    /// Polls the inbox until the entry for the notification satisfies `settled` or the
+    /// deadline passes; returns the last entry seen with its inspection exchange.
+    async fn inspect_inbox_until(
+        &self,
+        sent: &Sent,
+        deadline: Instant,
+        settled: impl Fn(&InboxEntry) -> bool,
+    ) -> Option<(InboxEntry, String)> {
         let inspect = self.ctx.endpoints.inspect_url.as_ref()?;
         let deadline = deadline.max(Instant::now() + Duration::from_secs(2));
         loop {
@@ -484,7 +572,7 @@ impl CaseRun<'_> {
                 .filter_map(|e| serde_json::from_value::<InboxEntry>(e.clone()).ok())
                 .find(|e| e.notification == sent.identifier.value);
             match entry {
-                Some(entry) if entry.status != InboxStatus::Pulling => {
+                Some(entry) if settled(&entry) => {
                     return Some((entry, exchange.id));
                 }
                 _ if Instant::now() >= deadline => return entry.map(|e| (e, exchange.id)),
@@ -493,44 +581,79 @@ impl CaseRun<'_> {
         }
     }
 
-    async fn confirm(&mut self, step: &Step, fact: ConfirmFact, _prompt: &str) -> StepOutcome {
+    async fn confirm(&mut self, step: &Step, fact: ConfirmFact, prompt: &str) -> StepOutcome {
         let Some(sent) = self.state.sent.clone() else {
-            return step_outcome(
-                step,
-                Verdict::Error,
-                Vec::new(),
-                Some("no notification was delivered before confirm".to_owned()),
-                Vec::new(),
-            );
+            let problem = "no notification was delivered before confirm".to_owned();
+            return step_outcome(step, Verdict::Error, Vec::new(), Some(problem), Vec::new());
         };
-        match fact {
+        if self.ctx.endpoints.inspect_url.is_none() {
+            return self.confirm_by_person(step, fact, prompt).await;
+        }
+        let check = match fact {
+            ConfirmFact::ReferralCancelled => {
+                let deadline = Instant::now() + Duration::from_secs(3);
+                let inbox = self
+                    .inspect_inbox_until(&sent, deadline, |e| e.status == InboxStatus::Cancelled)
+                    .await;
+                checks::referral_cancelled(
+                    inbox.as_ref().map(|(e, _)| e),
+                    inbox.as_ref().map(|(_, id)| id.as_str()),
+                )
+            }
             ConfirmFact::ReferralFiled => {
-                if self.ctx.endpoints.inspect_url.is_none() {
-                    let problem = "not run: the target has no inspection API and no answer was given for this confirm step".to_owned();
-                    return step_outcome(
-                        step,
-                        Verdict::NotRun,
-                        Vec::new(),
-                        Some(problem),
-                        Vec::new(),
-                    );
-                }
                 let inbox = match self.state.inbox.clone() {
                     Some(inbox) => Some(inbox),
                     None => {
-                        self.inspect_inbox(&sent, Instant::now() + Duration::from_secs(5))
-                            .await
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        self.inspect_inbox(&sent, deadline).await
                     }
                 };
-                let check = checks::referral_filed(
+                checks::referral_filed(
                     inbox.as_ref().map(|(e, _)| e),
                     inbox.as_ref().map(|(_, id)| id.as_str()),
                     &self.fixture.scope.bsn,
                     &self.planned.target_department.id,
-                );
-                let shown = check.exchanges.clone();
-                step_outcome(step, Verdict::Pass, vec![check], None, shown)
+                )
             }
-        }
+        };
+        let shown = check.exchanges.clone();
+        step_outcome(step, Verdict::Pass, vec![check], None, shown)
+    }
+
+    /// A confirm step on a target without an inspection API: answered from the answers
+    /// file, or by the tester at the terminal, or not run.
+    async fn confirm_by_person(&self, step: &Step, fact: ConfirmFact, prompt: &str) -> StepOutcome {
+        let fact_name = fact.name();
+        let answer = match self
+            .ctx
+            .confirmations
+            .answer_for(&self.planned.id, fact_name)
+        {
+            Some(answer) => Some(answer),
+            None => self.ctx.confirmations.ask(&self.planned.name, prompt).await,
+        };
+        let Some(answer) = answer else {
+            let problem = "not run: the target has no inspection API, no answers file answers this step and nobody was at a terminal to answer".to_owned();
+            return step_outcome(step, Verdict::NotRun, Vec::new(), Some(problem), Vec::new());
+        };
+        let (verdict, actual) = if answer.confirmed {
+            (Verdict::Pass, "confirmed")
+        } else {
+            (Verdict::Fail, "denied")
+        };
+        let check = CheckOutcome {
+            check: fact_name.to_owned(),
+            verdict,
+            expected: format!("confirmed: {prompt}"),
+            actual: actual.to_owned(),
+            message: format!(
+                "{} by {}{}",
+                actual,
+                answer.source,
+                answer.note.map(|n| format!(": {n}")).unwrap_or_default()
+            ),
+            exchanges: Vec::new(),
+        };
+        step_outcome(step, Verdict::Pass, vec![check], None, Vec::new())
     }
 }

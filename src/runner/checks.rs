@@ -154,6 +154,14 @@ pub(crate) fn evaluate(check: CheckId, evidence: &Evidence<'_>) -> CheckOutcome 
         CheckId::EveryNotifiedSearchRun => every_search_run(evidence),
         CheckId::EveryPageFetched => every_page_fetched(evidence),
         CheckId::LetterRetrievedIntact => letter_intact(evidence),
+        CheckId::CancellationAccepted | CheckId::PullStopped => outcome(
+            check,
+            Verdict::Error,
+            "",
+            "",
+            "this check belongs to the cancel step",
+            vec![],
+        ),
     }
 }
 
@@ -575,5 +583,177 @@ pub(crate) fn referral_filed(
         )
     } else {
         make(Verdict::Fail, actual, problems.join("; "))
+    }
+}
+
+/// `cancellation-accepted`: the conditional update answered 2xx (200 matched, 201 stored).
+pub(crate) fn cancellation_accepted(exchange: &Exchange) -> CheckOutcome {
+    let check = CheckId::CancellationAccepted;
+    let expected = "2xx (200 when the Task matched)";
+    let id = vec![exchange.id.clone()];
+    match &exchange.response {
+        None => outcome(
+            check,
+            Verdict::Error,
+            expected,
+            "no answer",
+            "the cancellation got no answer",
+            id,
+        ),
+        Some(r) if (200..300).contains(&r.status) => outcome(
+            check,
+            Verdict::Pass,
+            expected,
+            r.status.to_string(),
+            "the target accepted the cancellation",
+            id,
+        ),
+        Some(r) => outcome(
+            check,
+            Verdict::Fail,
+            expected,
+            r.status.to_string(),
+            format!(
+                "the target refused the cancellation with {}{}",
+                r.status,
+                diagnostics_suffix(exchange)
+            ),
+            id,
+        ),
+    }
+}
+
+/// Pull requests other than token requests that were already under way when the target
+/// acknowledged the cancellation may still start this long after it.
+const CANCEL_GRACE_MS: u64 = 500;
+
+fn ended_ms(exchange: &Exchange) -> u64 {
+    exchange.at_ms + u64::try_from(exchange.duration.as_millis()).unwrap_or(0)
+}
+
+/// `pull-stopped`: once the target acknowledged the cancellation it asks for no new token,
+/// starts no new pull request after a short grace, and no data reaches it after the
+/// authorization base was revoked (`revoked_at`).
+pub(crate) fn pull_stopped(
+    exchanges: &[Exchange],
+    revoked_at: u64,
+    cancellation: &Exchange,
+) -> CheckOutcome {
+    let check = CheckId::PullStopped;
+    let expected = "no token request after the cancellation, no other pull request after a 500 ms grace, no data after the revocation";
+    let acknowledged = ended_ms(cancellation);
+    let pulls: Vec<&Exchange> = exchanges
+        .iter()
+        .filter(|e| e.from == crate::journal::Party::Target)
+        .filter(|e| {
+            matches!(
+                e.kind,
+                ExchangeKind::TokenRequest
+                    | ExchangeKind::Search
+                    | ExchangeKind::Read
+                    | ExchangeKind::Binary
+                    | ExchangeKind::WorkflowTask
+                    | ExchangeKind::Other
+            )
+        })
+        .collect();
+    let new_tokens: Vec<&Exchange> = pulls
+        .iter()
+        .copied()
+        .filter(|e| e.kind == ExchangeKind::TokenRequest && e.at_ms >= acknowledged)
+        .collect();
+    let late: Vec<&Exchange> = pulls
+        .iter()
+        .copied()
+        .filter(|e| {
+            e.kind != ExchangeKind::TokenRequest && e.at_ms > acknowledged + CANCEL_GRACE_MS
+        })
+        .collect();
+    let data_after: Vec<&Exchange> = pulls
+        .iter()
+        .copied()
+        .filter(|e| {
+            ended_ms(e) > revoked_at && e.kind != ExchangeKind::TokenRequest && status(e) == 200
+        })
+        .collect();
+    if new_tokens.is_empty() && late.is_empty() && data_after.is_empty() {
+        return outcome(
+            check,
+            Verdict::Pass,
+            expected,
+            "nothing after the cancellation",
+            "the target stopped pulling after the cancellation",
+            vec![cancellation.id.clone()],
+        );
+    }
+    let mut problems = Vec::new();
+    if !new_tokens.is_empty() {
+        problems.push(format!(
+            "the target asked for {} new pull token(s) after acknowledging the cancellation",
+            new_tokens.len()
+        ));
+    }
+    if !late.is_empty() {
+        problems.push(format!(
+            "the target started {} pull request(s) after the cancellation",
+            late.len()
+        ));
+    }
+    if !data_after.is_empty() {
+        problems.push(format!(
+            "{} request(s) still got data after the authorization base was revoked",
+            data_after.len()
+        ));
+    }
+    let mut shown = vec![cancellation.id.clone()];
+    for e in new_tokens.into_iter().chain(late).chain(data_after) {
+        if !shown.contains(&e.id) {
+            shown.push(e.id.clone());
+        }
+    }
+    outcome(
+        check,
+        Verdict::Fail,
+        expected,
+        problems.join("; "),
+        problems.join("; "),
+        shown,
+    )
+}
+
+/// `referral-cancelled`, judged from the target's inbox.
+pub(crate) fn referral_cancelled(
+    entry: Option<&InboxEntry>,
+    inspection: Option<&str>,
+) -> CheckOutcome {
+    let shown: Vec<String> = inspection.map(str::to_owned).into_iter().collect();
+    let expected = "the referral is marked cancelled".to_owned();
+    let (verdict, actual, message) = match entry {
+        None => (
+            Verdict::Fail,
+            "no inbox entry".to_owned(),
+            "the target's inbox has no entry for the cancelled notification".to_owned(),
+        ),
+        Some(e) if e.status == InboxStatus::Cancelled => (
+            Verdict::Pass,
+            "cancelled".to_owned(),
+            "the target marked the referral cancelled".to_owned(),
+        ),
+        Some(e) => (
+            Verdict::Fail,
+            format!("status {:?}", e.status),
+            format!(
+                "the referral is still {:?} after the cancellation",
+                e.status
+            ),
+        ),
+    };
+    CheckOutcome {
+        check: "referral-cancelled".to_owned(),
+        verdict,
+        expected,
+        actual,
+        message,
+        exchanges: shown,
     }
 }

@@ -5,6 +5,7 @@
 
 mod case;
 mod checks;
+pub mod confirm;
 pub mod fixtures;
 pub mod outcome;
 
@@ -35,6 +36,10 @@ pub struct RunOptions {
     pub node_faults: FaultSet,
     /// Keep patient data and secrets in reports (local debugging only).
     pub unredacted: bool,
+    /// Answers to confirm steps from an answers file.
+    pub answers: Vec<crate::scenario::answers::AnswerRule>,
+    /// Prompt the tester for confirm steps no answer covers.
+    pub interactive: bool,
 }
 
 impl Default for RunOptions {
@@ -44,6 +49,8 @@ impl Default for RunOptions {
             fail_fast: false,
             node_faults: FaultSet::new(),
             unredacted: false,
+            answers: Vec::new(),
+            interactive: false,
         }
     }
 }
@@ -83,6 +90,7 @@ pub(crate) struct RunContext {
     pub inspector: RecordingClient,
     pub journal: Arc<Journal>,
     pub fixtures: Fixtures,
+    pub confirmations: confirm::Confirmations,
     /// Keeps the embedded node alive for the run.
     _node: Option<ReferenceNode>,
 }
@@ -216,6 +224,10 @@ pub async fn prepare(
             inspector,
             journal,
             fixtures,
+            confirmations: confirm::Confirmations::new(
+                options.answers.clone(),
+                options.interactive,
+            ),
             _node: node,
         },
         redactor: if options.unredacted {

@@ -277,6 +277,7 @@ fn validate_step(
             letter: args.letter,
             workflow_task: args.workflow_task,
             page_size: args.page_size,
+            hold_token: args.hold_token,
         }));
     }
     if let Some(AwaitPullArgs { within, quiet }) = &doc.await_pull {
@@ -289,6 +290,11 @@ fn validate_step(
         actions.push(Action::Confirm {
             fact: args.fact,
             prompt: args.prompt.clone(),
+        });
+    }
+    if let Some(args) = &doc.cancel {
+        actions.push(Action::Cancel {
+            observe: spanned_duration(file, text, &args.observe, Duration::from_secs(2))?,
         });
     }
     if let Some(wait) = &doc.wait {
@@ -304,7 +310,7 @@ fn validate_step(
                 file,
                 text,
                 spanned,
-                "a step needs one action: notify, await-pull, confirm or wait",
+                "a step needs one action: notify, await-pull, cancel, confirm or wait",
             ));
         }
         _ => {
@@ -487,7 +493,7 @@ mod tests {
             .to_string();
         assert!(
             error.contains(
-                ":9:15: the check `letter-retrieved-intact` belongs to a `await-pull` step"
+                ":9:14: the check `letter-retrieved-intact` belongs to a `await-pull` step"
             ),
             "{error}"
         );
@@ -522,7 +528,7 @@ mod tests {
         let error = load_scenario(&write(&dir, "d.yaml", &text))
             .unwrap_err()
             .to_string();
-        assert!(error.contains(":10:29: expected a duration"), "{error}");
+        assert!(error.contains(":10:27: expected a duration"), "{error}");
         let error = load_scenario(&write(&dir, "y.yaml", "id: [\n"))
             .unwrap_err()
             .to_string();

@@ -53,6 +53,7 @@ pub struct StepDoc {
     pub notify: Option<NotifyArgs>,
     pub await_pull: Option<AwaitPullArgs>,
     pub confirm: Option<ConfirmArgs>,
+    pub cancel: Option<CancelArgs>,
     pub wait: Option<Spanned<String>>,
     #[serde(default)]
     pub checks: Vec<Spanned<CheckId>>,
@@ -81,6 +82,19 @@ pub struct NotifyArgs {
     /// Matches per searchset page the simulated sender serves.
     #[serde(default = "default_page_size")]
     pub page_size: usize,
+    /// Hold the target's pull-token request until the case cancels, so the cancellation
+    /// arrives before any data can be pulled.
+    #[serde(default)]
+    pub hold_token: bool,
+}
+
+/// Arguments of `cancel`: the harness cancels its notification.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CancelArgs {
+    /// How long to watch the target after the cancellation, e.g. `2s`.
+    #[serde(default)]
+    pub observe: Option<Spanned<String>>,
 }
 
 fn yes() -> bool {
@@ -119,6 +133,18 @@ pub struct ConfirmArgs {
 pub enum ConfirmFact {
     /// The referral is filed for the notified patient in the addressed department.
     ReferralFiled,
+    /// The referral is marked cancelled and gone from the worklist.
+    ReferralCancelled,
+}
+
+impl ConfirmFact {
+    /// The kebab-case name used in YAML, answers files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConfirmFact::ReferralFiled => "referral-filed",
+            ConfirmFact::ReferralCancelled => "referral-cancelled",
+        }
+    }
 }
 
 /// The named checks a step can carry.
@@ -137,6 +163,10 @@ pub enum CheckId {
     EveryPageFetched,
     /// The target retrieved the letter's bytes, and stored them intact.
     LetterRetrievedIntact,
+    /// The target accepted the cancellation (2xx).
+    CancellationAccepted,
+    /// After the cancellation the target started no new request and got no data.
+    PullStopped,
 }
 
 impl CheckId {
@@ -149,6 +179,8 @@ impl CheckId {
             CheckId::EveryNotifiedSearchRun => "every-notified-search-run",
             CheckId::EveryPageFetched => "every-page-fetched",
             CheckId::LetterRetrievedIntact => "letter-retrieved-intact",
+            CheckId::CancellationAccepted => "cancellation-accepted",
+            CheckId::PullStopped => "pull-stopped",
         }
     }
 
@@ -156,6 +188,7 @@ impl CheckId {
     pub fn step_kind(self) -> StepKind {
         match self {
             CheckId::NotificationAccepted => StepKind::Notify,
+            CheckId::CancellationAccepted | CheckId::PullStopped => StepKind::Cancel,
             _ => StepKind::AwaitPull,
         }
     }
@@ -168,6 +201,7 @@ pub enum StepKind {
     Notify,
     AwaitPull,
     Confirm,
+    Cancel,
     Wait,
 }
 
@@ -178,6 +212,7 @@ impl StepKind {
             StepKind::Notify => "notify",
             StepKind::AwaitPull => "await-pull",
             StepKind::Confirm => "confirm",
+            StepKind::Cancel => "cancel",
             StepKind::Wait => "wait",
         }
     }
@@ -198,6 +233,7 @@ pub enum Action {
     Notify(NotifySettings),
     AwaitPull { within: Duration, quiet: Duration },
     Confirm { fact: ConfirmFact, prompt: String },
+    Cancel { observe: Duration },
     Wait(Duration),
 }
 
@@ -207,6 +243,7 @@ pub struct NotifySettings {
     pub letter: LetterOffer,
     pub workflow_task: bool,
     pub page_size: usize,
+    pub hold_token: bool,
 }
 
 impl Action {
@@ -216,6 +253,7 @@ impl Action {
             Action::Notify(_) => StepKind::Notify,
             Action::AwaitPull { .. } => StepKind::AwaitPull,
             Action::Confirm { .. } => StepKind::Confirm,
+            Action::Cancel { .. } => StepKind::Cancel,
             Action::Wait(_) => StepKind::Wait,
         }
     }

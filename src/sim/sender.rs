@@ -47,7 +47,14 @@ pub struct Share {
     pub page_size: usize,
     /// Set when the sender cancelled: new tokens are refused, old ones get 403.
     pub revoked: AtomicBool,
+    /// When true, token requests wait until [`SenderSim::revoke`] releases them.
+    pub hold_token: bool,
+    /// Flipped to true by [`SenderSim::revoke`].
+    pub released: tokio::sync::watch::Sender<bool>,
 }
+
+/// Longest a held token request waits for the case to cancel.
+const MAX_TOKEN_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 struct Grant {
@@ -137,6 +144,7 @@ impl SenderSim {
     pub fn revoke(&self, authorization_base: &str) {
         if let Some(share) = lock(&self.state.shares).get(authorization_base) {
             share.revoked.store(true, Ordering::SeqCst);
+            share.released.send_replace(true);
         }
     }
 }
@@ -194,6 +202,10 @@ async fn token(State(state): State<Arc<SenderState>>, body: Bytes) -> Response {
         };
         return answer(StatusCode::BAD_REQUEST, "invalid_grant", why);
     };
+    if share.hold_token {
+        let mut released = share.released.subscribe();
+        let _ = tokio::time::timeout(MAX_TOKEN_HOLD, released.wait_for(|r| *r)).await;
+    }
     if share.revoked.load(Ordering::SeqCst) {
         return answer(
             StatusCode::BAD_REQUEST,
