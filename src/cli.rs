@@ -19,6 +19,22 @@ use crate::scenario::load::{FileKind, file_kind, load_phase, load_scenario};
 use crate::scenario::plan::{Filters, Plan, Suite};
 use crate::scenario::target::Target;
 
+/// Prints a line on stdout; a closed stdout (a pipe into `head`) is not an error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Prints a line on stderr, ignoring a closed stderr.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Exit code when every case passed.
 const EXIT_PASS: u8 = 0;
 /// Exit code when a case failed, erred or did not run.
@@ -158,7 +174,7 @@ pub fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: failed to start the async runtime: {e}");
+            tell!("error: failed to start the async runtime: {e}");
             return ExitCode::from(EXIT_INPUT);
         }
     };
@@ -176,9 +192,9 @@ async fn dispatch(cli: Cli) -> u8 {
         } => {
             for fault in Fault::ALL {
                 if verbose {
-                    println!("{:<24} {}", fault.name(), fault.effect());
+                    say!("{:<24} {}", fault.name(), fault.effect());
                 } else {
-                    println!("{}", fault.name());
+                    say!("{}", fault.name());
                 }
             }
             EXIT_PASS
@@ -196,7 +212,7 @@ async fn dispatch(cli: Cli) -> u8 {
 
 fn report_input_errors(errors: &[InputError]) -> u8 {
     for error in errors {
-        eprintln!("error: {error}");
+        tell!("error: {error}");
     }
     EXIT_INPUT
 }
@@ -211,7 +227,7 @@ fn load_target(path: Option<&Path>) -> Result<Target, InputError> {
 fn load_plan(root: &Path, args: &PlanArgs) -> Result<(Suite, Target, Plan), u8> {
     let suite = Suite::load(root).map_err(|errors| {
         if !root.join("scenarios").is_dir() {
-            eprintln!(
+            tell!(
                 "error: {} has no scenarios/ folder; run from the project folder or pass --root",
                 root.display()
             );
@@ -235,11 +251,11 @@ fn list_command(root: &Path, args: &PlanArgs) -> u8 {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    println!("target: {}", target.name);
+    say!("target: {}", target.name);
     for case in &plan.cases {
-        println!("{}", case.id);
+        say!("{}", case.id);
     }
-    eprintln!("{} case(s)", plan.cases.len());
+    tell!("{} case(s)", plan.cases.len());
     EXIT_PASS
 }
 
@@ -260,13 +276,13 @@ fn validate_command(root: &Path, files: &[PathBuf]) -> u8 {
             FileKind::Target => Target::load(file).map(|_| ()),
         };
         match result {
-            Ok(()) => println!("ok {}", file.display()),
+            Ok(()) => say!("ok {}", file.display()),
             Err(e) => errors.push(e),
         }
     }
     if errors.is_empty() {
         if files.is_empty() {
-            println!(
+            say!(
                 "ok: every scenario, phase and target file in {} is valid",
                 root.display()
             );
@@ -283,12 +299,12 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
         Err(code) => return code,
     };
     if plan.cases.is_empty() {
-        eprintln!("error: the filters leave no case to run");
+        tell!("error: the filters leave no case to run");
         return EXIT_INPUT;
     }
     let node_faults: FaultSet = args.node_faults.iter().copied().collect();
     if !node_faults.is_empty() && target.endpoints.is_some() {
-        eprintln!(
+        tell!(
             "error: --node-fault applies to the embedded reference node only; for a standalone node use `node serve --fault`"
         );
         return EXIT_INPUT;
@@ -316,7 +332,7 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
     let handle = match prepare(&plan, &target, root, &options).await {
         Ok(handle) => handle,
         Err(e) => {
-            eprintln!("error: {e}");
+            tell!("error: {e}");
             return EXIT_INPUT;
         }
     };
@@ -353,18 +369,18 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
     let written = match reporters.await {
         Ok(written) => written,
         Err(e) => {
-            eprintln!("error: the reporters stopped unexpectedly: {e}");
+            tell!("error: the reporters stopped unexpectedly: {e}");
             return EXIT_INPUT;
         }
     };
     match written {
         Ok(dirs) => {
             for dir in dirs {
-                eprintln!("reports: {}", dir.display());
+                tell!("reports: {}", dir.display());
             }
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            tell!("error: {e}");
             return EXIT_INPUT;
         }
     }
@@ -417,7 +433,7 @@ async fn serve_command(
                 }
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                tell!("error: {e}");
                 return EXIT_INPUT;
             }
         }
@@ -434,19 +450,19 @@ async fn serve_command(
     {
         Ok(node) => node,
         Err(e) => {
-            eprintln!("error: failed to listen on {listen}: {e}");
+            tell!("error: failed to listen on {listen}: {e}");
             return EXIT_INPUT;
         }
     };
     let endpoints = node.endpoints();
-    println!("reference node listening on {}", node.addr());
-    println!("  notification: {}", endpoints.notification_base);
-    println!("  token:        {}", endpoints.token_url);
-    println!("  inspect:      {}", endpoints.inspect_url);
-    println!("  control:      {}", endpoints.control_url);
+    say!("reference node listening on {}", node.addr());
+    say!("  notification: {}", endpoints.notification_base);
+    say!("  token:        {}", endpoints.token_url);
+    say!("  inspect:      {}", endpoints.inspect_url);
+    say!("  control:      {}", endpoints.control_url);
     if !faults.is_empty() {
         let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
-        println!("  faults on:    {}", names.join(", "));
+        say!("  faults on:    {}", names.join(", "));
     }
     shutdown_signal().await;
     EXIT_PASS

@@ -152,8 +152,8 @@ pub struct Exchange {
     pub kind: ExchangeKind,
     pub from: Party,
     pub to: Party,
-    /// Milliseconds since the run started.
-    pub at_ms: u64,
+    /// Microseconds since the run started.
+    pub at_us: u64,
     pub duration: Duration,
     pub request: Request,
     pub response: Option<Response>,
@@ -168,8 +168,8 @@ pub struct Journal {
     next_id: AtomicU64,
     exchanges: Mutex<Vec<Exchange>>,
     changed: Notify,
-    /// When the last recorded exchange ended, in ms since the start.
-    last_activity_ms: AtomicU64,
+    /// When the last recorded exchange ended, in µs since the start.
+    last_activity_us: AtomicU64,
 }
 
 impl Default for Journal {
@@ -186,13 +186,13 @@ impl Journal {
             next_id: AtomicU64::new(1),
             exchanges: Mutex::new(Vec::new()),
             changed: Notify::new(),
-            last_activity_ms: AtomicU64::new(0),
+            last_activity_us: AtomicU64::new(0),
         }
     }
 
-    /// Milliseconds since the journal was created.
-    pub fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// Microseconds since the journal was created.
+    pub fn now_us(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     /// A fresh exchange id.
@@ -202,8 +202,8 @@ impl Journal {
 
     /// Records an exchange and wakes everyone waiting for activity.
     pub fn record(&self, exchange: Exchange) {
-        let ended = exchange.at_ms + u64::try_from(exchange.duration.as_millis()).unwrap_or(0);
-        self.last_activity_ms.fetch_max(ended, Ordering::Relaxed);
+        let ended = exchange.at_us + u64::try_from(exchange.duration.as_micros()).unwrap_or(0);
+        self.last_activity_us.fetch_max(ended, Ordering::Relaxed);
         self.lock().push(exchange);
         self.changed.notify_waiters();
     }
@@ -217,17 +217,17 @@ impl Journal {
             .collect()
     }
 
-    /// When the most recent exchange of any case ended, in ms since the start.
-    pub fn last_activity_ms(&self) -> u64 {
-        self.last_activity_ms.load(Ordering::Relaxed)
+    /// When the most recent exchange of any case ended, in µs since the start.
+    pub fn last_activity_us(&self) -> u64 {
+        self.last_activity_us.load(Ordering::Relaxed)
     }
 
     /// Exchanges of no case (for example a token request with an unknown authorization
-    /// base) recorded at or after `since_ms`.
-    pub fn unattributed_since(&self, since_ms: u64) -> Vec<Exchange> {
+    /// base) recorded at or after `since_us`.
+    pub fn unattributed_since(&self, since_us: u64) -> Vec<Exchange> {
         self.lock()
             .iter()
-            .filter(|e| e.case_id.is_none() && e.at_ms >= since_ms)
+            .filter(|e| e.case_id.is_none() && e.at_us >= since_us)
             .cloned()
             .collect()
     }

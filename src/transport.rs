@@ -157,7 +157,7 @@ impl RecordingClient {
     /// returns the journaled exchange. A transport failure is recorded too.
     pub async fn send(&self, outgoing: Outgoing) -> Result<Exchange, TransportError> {
         let id = self.journal.next_id();
-        let at_ms = self.journal.now_ms();
+        let at_us = self.journal.now_us();
         let started = Instant::now();
 
         let mut request = Request {
@@ -194,7 +194,7 @@ impl RecordingClient {
             kind: outgoing.kind,
             from: self.from,
             to: self.to,
-            at_ms,
+            at_us,
             duration: started.elapsed(),
             request,
             response,
@@ -378,7 +378,7 @@ async fn record(
     next: Next,
 ) -> AxumResponse {
     let id = recorder.journal.next_id();
-    let at_ms = recorder.journal.now_ms();
+    let at_us = recorder.journal.now_us();
     let started = Instant::now();
 
     let (parts, body) = request.into_parts();
@@ -444,7 +444,7 @@ async fn record(
         kind: attribution.kind,
         from: recorder.from,
         to: recorder.to,
-        at_ms,
+        at_us,
         duration: started.elapsed(),
         request: recorded_request,
         response: Some(recorded_response),

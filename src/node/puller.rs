@@ -124,6 +124,9 @@ async fn run_pull(
         .cloned()
         .ok_or_else(|| format!("no endpoints configured for sender organisation {sender_ura}"))?;
 
+    if !state.has(Fault::RepullOnCancel) && state.is_cancelled(&notification.identifier.value) {
+        return Err("the notification was cancelled before the pull started".to_owned());
+    }
     let token = request_token(state, &endpoints.token_url, notification).await?;
     let session = Session {
         state,

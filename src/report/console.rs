@@ -8,6 +8,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::Totals;
 use crate::runner::outcome::{CaseOutcome, RunEvent, Verdict};
 
+/// Prints a line on stderr; a closed stderr is not worth a panic.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// When to draw a progress bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressMode {
@@ -54,7 +62,7 @@ impl Console {
                 if let Some(bar) = &self.bar {
                     bar.set_length(*cases as u64);
                 } else {
-                    eprintln!("running {cases} case(s) in phase(s) {}", phases.join(", "));
+                    tell!("running {cases} case(s) in phase(s) {}", phases.join(", "));
                 }
             }
             RunEvent::CaseStarted { name, .. } => {
@@ -76,7 +84,7 @@ impl Console {
                             bar.println(line);
                         }
                     }
-                    None => eprintln!("{line}"),
+                    None => tell!("{line}"),
                 }
                 self.finished.push(outcome.as_ref().clone());
             }
@@ -95,13 +103,13 @@ impl Console {
             .iter()
             .filter(|c| c.verdict == Verdict::Fail || c.verdict == Verdict::Error)
         {
-            eprintln!("\n{} {}", case.verdict.label(), case.name);
+            tell!("\n{} {}", case.verdict.label(), case.name);
             for line in case.problems() {
-                eprintln!("    {line}");
+                tell!("    {line}");
             }
         }
         let totals = Totals::of(&self.finished);
-        eprintln!(
+        tell!(
             "\n{}{} passed, {} failed, {} errors, {} not run ({} cases)",
             if interrupted { "INTERRUPTED: " } else { "" },
             totals.passed,

@@ -31,10 +31,14 @@ use crate::scenario::plan::PlannedCase;
 use crate::sim::sender::Share;
 use crate::transport::Outgoing;
 
+/// Longest a cancel step waits for the target to ask for a held token.
+const HELD_TOKEN_WAIT: Duration = Duration::from_secs(10);
+
 /// What earlier steps of a case left for later ones.
 #[derive(Default)]
 struct CaseState {
     sent: Option<Sent>,
+    share: Option<Arc<Share>>,
     inbox: Option<(InboxEntry, String)>,
 }
 
@@ -122,6 +126,10 @@ fn finish(planned: &PlannedCase, steps: Vec<StepOutcome>, started: Instant) -> C
         exchanges: Vec::new(),
         duration_ms: millis(started.elapsed()),
     }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -296,7 +304,7 @@ impl CaseRun<'_> {
                 .unwrap_or_else(|| "ReferralRequest/unknown".to_owned());
             build_workflow_task(id, &fixture.scope.patient_ref, &focus, &period_end)
         });
-        self.ctx.sender.publish(Share {
+        let share = self.ctx.sender.publish(Share {
             case_id: self.planned.id.clone(),
             authorization_base: authorization_base.clone(),
             store: fixture.store.clone(),
@@ -307,7 +315,9 @@ impl CaseRun<'_> {
             revoked: AtomicBool::new(false),
             hold_token: settings.hold_token,
             released: tokio::sync::watch::Sender::new(false),
+            token_waiting: AtomicBool::new(false),
         });
+        self.state.share = Some(share);
 
         let mut queries =
             notified_queries(&fixture.scope.bsn, self.ctx.target.protocol.query_options());
@@ -339,7 +349,7 @@ impl CaseRun<'_> {
         };
         let task = build_notification(&spec);
         let url = format!("{}/Task", self.ctx.endpoints.notification_base);
-        let at_ms = self.ctx.journal.now_ms();
+        let at_us = self.ctx.journal.now_us();
         let request = Outgoing::with_body(
             reqwest::Method::POST,
             url,
@@ -371,7 +381,7 @@ impl CaseRun<'_> {
                 queries,
                 reads,
                 workflow_task_id,
-                at_ms,
+                at_us,
             });
         }
         let checks = step
@@ -417,7 +427,7 @@ impl CaseRun<'_> {
         // Wait until every listed wire check passes, the target falls quiet, or time is up.
         loop {
             let exchanges = journal.for_case(&case_id);
-            let unattributed = journal.unattributed_since(sent.at_ms);
+            let unattributed = journal.unattributed_since(sent.at_us);
             let evidence = Evidence {
                 exchanges: &exchanges,
                 unattributed: &unattributed,
@@ -431,12 +441,12 @@ impl CaseRun<'_> {
                 .checks
                 .iter()
                 .all(|c| checks::evaluate(*c, &evidence).verdict == Verdict::Pass);
-            let now_ms = journal.now_ms();
-            let silent_for = now_ms.saturating_sub(journal.last_activity_ms().max(sent.at_ms));
+            let now_us = journal.now_us();
+            let silent_for = now_us.saturating_sub(journal.last_activity_us().max(sent.at_us));
             let pulled_something = exchanges.len() > 2 || !unattributed.is_empty();
             if all_pass
                 || Instant::now() >= deadline
-                || (pulled_something && silent_for >= millis(quiet))
+                || (pulled_something && silent_for >= micros(quiet))
             {
                 break;
             }
@@ -451,7 +461,7 @@ impl CaseRun<'_> {
             self.state.inbox = Some(entry.clone());
         }
         let exchanges = journal.for_case(&case_id);
-        let unattributed = journal.unattributed_since(sent.at_ms);
+        let unattributed = journal.unattributed_since(sent.at_us);
         let evidence = Evidence {
             exchanges: &exchanges,
             unattributed: &unattributed,
@@ -468,7 +478,7 @@ impl CaseRun<'_> {
             .collect();
         let shown = exchanges
             .iter()
-            .filter(|e| e.at_ms >= sent.at_ms)
+            .filter(|e| e.at_us >= sent.at_us)
             .map(|e| e.id.clone())
             .collect();
         step_outcome(step, Verdict::Pass, results, None, shown)
@@ -484,9 +494,21 @@ impl CaseRun<'_> {
                 Vec::new(),
             );
         };
+        // With a held token, cancel only once the target is waiting for its token, so the
+        // cancellation certainly comes before any data.
+        if let Some(share) = self.state.share.as_ref().filter(|s| s.hold_token) {
+            let deadline = Instant::now() + HELD_TOKEN_WAIT;
+            while !share
+                .token_waiting
+                .load(std::sync::atomic::Ordering::SeqCst)
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         // The sender revokes the authorization base first, then tells the receiver.
         self.ctx.sender.revoke(&sent.authorization_base);
-        let cancelled_at = self.ctx.journal.now_ms();
+        let cancelled_at = self.ctx.journal.now_us();
 
         let (token, token_exchange) = match self.notification_token().await {
             Ok(token) => token,

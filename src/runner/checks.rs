@@ -25,7 +25,7 @@ pub(crate) struct Sent {
     pub queries: Vec<NotifiedQuery>,
     pub reads: Vec<String>,
     pub workflow_task_id: Option<String>,
-    pub at_ms: u64,
+    pub at_us: u64,
 }
 
 /// Everything a check may look at.
@@ -627,8 +627,8 @@ pub(crate) fn cancellation_accepted(exchange: &Exchange) -> CheckOutcome {
 /// acknowledged the cancellation may still start this long after it.
 const CANCEL_GRACE_MS: u64 = 500;
 
-fn ended_ms(exchange: &Exchange) -> u64 {
-    exchange.at_ms + u64::try_from(exchange.duration.as_millis()).unwrap_or(0)
+fn ended_us(exchange: &Exchange) -> u64 {
+    exchange.at_us + u64::try_from(exchange.duration.as_micros()).unwrap_or(0)
 }
 
 /// `pull-stopped`: once the target acknowledged the cancellation it asks for no new token,
@@ -641,7 +641,7 @@ pub(crate) fn pull_stopped(
 ) -> CheckOutcome {
     let check = CheckId::PullStopped;
     let expected = "no token request after the cancellation, no other pull request after a 500 ms grace, no data after the revocation";
-    let acknowledged = ended_ms(cancellation);
+    let acknowledged = ended_us(cancellation);
     let pulls: Vec<&Exchange> = exchanges
         .iter()
         .filter(|e| e.from == crate::journal::Party::Target)
@@ -660,20 +660,20 @@ pub(crate) fn pull_stopped(
     let new_tokens: Vec<&Exchange> = pulls
         .iter()
         .copied()
-        .filter(|e| e.kind == ExchangeKind::TokenRequest && e.at_ms >= acknowledged)
+        .filter(|e| e.kind == ExchangeKind::TokenRequest && e.at_us >= acknowledged)
         .collect();
     let late: Vec<&Exchange> = pulls
         .iter()
         .copied()
         .filter(|e| {
-            e.kind != ExchangeKind::TokenRequest && e.at_ms > acknowledged + CANCEL_GRACE_MS
+            e.kind != ExchangeKind::TokenRequest && e.at_us > acknowledged + CANCEL_GRACE_MS * 1000
         })
         .collect();
     let data_after: Vec<&Exchange> = pulls
         .iter()
         .copied()
         .filter(|e| {
-            ended_ms(e) > revoked_at && e.kind != ExchangeKind::TokenRequest && status(e) == 200
+            ended_us(e) > revoked_at && e.kind != ExchangeKind::TokenRequest && status(e) == 200
         })
         .collect();
     if new_tokens.is_empty() && late.is_empty() && data_after.is_empty() {

@@ -167,7 +167,7 @@ impl ExchangeRecord {
             kind: exchange.kind.label().to_owned(),
             from: exchange.from.label().to_owned(),
             to: exchange.to.label().to_owned(),
-            at_ms: exchange.at_ms,
+            at_ms: exchange.at_us / 1000,
             duration_ms: u64::try_from(exchange.duration.as_millis()).unwrap_or(u64::MAX),
             method: exchange.request.method.clone(),
             url: redactor.text(&exchange.request.url),

@@ -51,6 +51,8 @@ pub struct Share {
     pub hold_token: bool,
     /// Flipped to true by [`SenderSim::revoke`].
     pub released: tokio::sync::watch::Sender<bool>,
+    /// Set while a held token request waits for the release.
+    pub token_waiting: AtomicBool,
 }
 
 /// Longest a held token request waits for the case to cancel.
@@ -203,6 +205,7 @@ async fn token(State(state): State<Arc<SenderState>>, body: Bytes) -> Response {
         return answer(StatusCode::BAD_REQUEST, "invalid_grant", why);
     };
     if share.hold_token {
+        share.token_waiting.store(true, Ordering::SeqCst);
         let mut released = share.released.subscribe();
         let _ = tokio::time::timeout(MAX_TOKEN_HOLD, released.wait_for(|r| *r)).await;
     }

@@ -1,0 +1,195 @@
+//! The reference node as a separate process (`node serve`) driven through a target file,
+//! and confirm steps answered from an answers file or at the terminal when the target has
+//! no inspection API.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn binary() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("bgz-harness")
+}
+
+/// Starts `node serve` on a port the OS picks and returns it with its address.
+fn serve() -> (Server, String) {
+    let mut child = Command::new(binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "node",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            "targets/reference-node.yaml",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node serve starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    let addr = first.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(
+        addr.starts_with("127.0.0.1:"),
+        "unexpected first line: {first}"
+    );
+    (Server(child), addr)
+}
+
+/// A copy of targets/reference-node.yaml pointing at `addr`, optionally without the
+/// inspection API (as a real node would be).
+fn target_file(dir: &Path, addr: &str, inspect: bool) -> PathBuf {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/targets/reference-node.yaml"
+    ))
+    .unwrap();
+    let mut text = text
+        .replace("127.0.0.1:8301", addr)
+        .replace("127.0.0.1:8400", "127.0.0.1:0");
+    if !inspect {
+        text = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("inspect:"))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    let targets = dir.join("targets");
+    std::fs::create_dir_all(&targets).unwrap();
+    let path = targets.join("node.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(target: &Path, reports: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "run",
+            "--progress",
+            "never",
+            "--phase",
+            "technical-test",
+            "--target",
+        ])
+        .arg(target)
+        .arg("--reports")
+        .arg(reports)
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_separately_served_reference_node_passes_through_its_target_file() {
+    let (_server, addr) = serve();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target_file(dir.path(), &addr, true);
+    let output = run(&target, &dir.path().join("reports"), &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let junit =
+        std::fs::read_to_string(dir.path().join("reports/technical-test/junit.xml")).unwrap();
+    assert!(
+        junit.contains(&format!("http://{addr}")) || junit.contains("node.yaml"),
+        "{junit}"
+    );
+}
+
+#[test]
+fn without_inspection_and_answers_confirm_steps_are_not_run_never_passed() {
+    let (_server, addr) = serve();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target_file(dir.path(), &addr, false);
+    let output = run(
+        &target,
+        &dir.path().join("reports"),
+        &["--interactive", "never"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("reports/technical-test/results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["totals"]["passed"], 0);
+    assert!(json["totals"]["not_run"].as_u64().unwrap() >= 3);
+}
+
+#[test]
+fn an_answers_file_answers_confirm_steps_and_a_no_fails_them() {
+    let (_server, addr) = serve();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target_file(dir.path(), &addr, false);
+    let answers = dir.path().join("answers.yaml");
+    std::fs::write(
+        &answers,
+        "answers:\n  - case: \"*/known-patient/*\"\n    fact: referral-filed\n    answer: no\n    note: not in the worklist\n  - case: \"*\"\n    fact: referral-filed\n    answer: yes\n  - case: \"*\"\n    fact: referral-cancelled\n    answer: yes\n",
+    )
+    .unwrap();
+    let output = run(
+        &target,
+        &dir.path().join("reports"),
+        &["--answers", answers.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let junit =
+        std::fs::read_to_string(dir.path().join("reports/technical-test/junit.xml")).unwrap();
+    assert!(junit.contains("denied by answers file"), "{junit}");
+    assert!(junit.contains("not in the worklist"));
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("reports/technical-test/results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["totals"]["failed"], 1, "only known-patient was denied");
+    assert_eq!(json["totals"]["passed"], 2);
+}
+
+#[test]
+fn confirm_steps_are_asked_at_the_terminal_when_interactive() {
+    let (_server, addr) = serve();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target_file(dir.path(), &addr, false);
+    let mut child = Command::new(binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "run",
+            "--progress",
+            "never",
+            "--phase",
+            "technical-test",
+            "--interactive",
+            "always",
+            "--target",
+        ])
+        .arg(&target)
+        .arg("--reports")
+        .arg(dir.path().join("reports"))
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // One answer per confirm step: three cases with one confirm step each.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"y\ny\nyes\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("confirm ["), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let junit =
+        std::fs::read_to_string(dir.path().join("reports/technical-test/junit.xml")).unwrap();
+    assert!(junit.contains("confirmed by the tester at the terminal"));
+}
