@@ -124,7 +124,8 @@ fn every_fault_switch_is_caught_by_its_named_check() {
 
     for (fault, check, phrase) in FAULTS {
         let dir = tempfile::tempdir().unwrap();
-        run_into(dir.path(), &["--node-fault", fault]).code(1);
+        let scenario = if check == "pull-stopped" || check == "referral-cancelled" { "cancel-after-pull" } else { "known-patient" };
+        run_into(dir.path(), &["--node-fault", fault, "--scenario", scenario]).code(1);
         let failures = failures(&junit(dir.path()));
         let caught = failures
             .iter()

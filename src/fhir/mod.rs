@@ -5,6 +5,7 @@
 pub mod bsn;
 pub mod bundle;
 pub mod catalogue;
+pub mod conformance;
 pub mod media;
 pub mod outcome;
 pub mod search;
