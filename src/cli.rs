@@ -428,8 +428,9 @@ async fn serve_command(
     for key in &target.known_patients {
         match crate::runner::fixtures::PatientFixture::load(root, key) {
             Ok(fixture) => {
-                if let Some(patient) = fixture.patient() {
-                    let _ = register.add(patient.clone());
+                if let Err(e) = register.extend(&fixture.store) {
+                    tell!("error: the fixture `{key}` clashes with another: {e}");
+                    return EXIT_INPUT;
                 }
             }
             Err(e) => {

@@ -64,50 +64,116 @@ fn the_clean_reference_node_passes_and_all_three_reports_are_written() {
     assert_eq!(json["totals"]["failed"], 0);
 }
 
-/// The check each fault must trip, and a phrase its message must contain.
-const FAULTS: [(&str, &str, &str); 11] = [
+/// Each fault, the scenario that exposes it, the check it must trip, and a phrase its
+/// message must contain.
+const FAULTS: [(&str, &str, &str, &str); 18] = [
     (
         "no-location",
+        "known-patient",
         "notification-accepted",
         "instead of 201 Created",
     ),
     (
         "omit-authorization-base",
+        "known-patient",
         "token-carries-authorization-base",
         "had no authorization_base field",
     ),
     (
         "skip-workflow-task",
+        "known-patient",
         "workflow-task-read",
         "never read Task/",
     ),
     (
         "partial-searches",
+        "known-patient",
         "every-notified-search-run",
         "were never run",
     ),
-    ("ignore-paging", "every-page-fetched", "did not follow"),
+    (
+        "ignore-paging",
+        "known-patient",
+        "every-page-fetched",
+        "did not follow",
+    ),
     (
         "skip-letter",
+        "known-patient",
         "letter-retrieved-intact",
         "never retrieved the letter",
     ),
     (
         "corrupt-letter",
+        "known-patient",
         "letter-retrieved-intact",
         "stored different bytes",
     ),
-    ("wrong-patient", "referral-filed", "filed under patient"),
-    ("wrong-department", "referral-filed", "filed in department"),
+    (
+        "wrong-patient",
+        "known-patient",
+        "referral-filed",
+        "filed under patient",
+    ),
+    (
+        "wrong-department",
+        "known-patient",
+        "referral-filed",
+        "filed in department",
+    ),
     (
         "ignore-cancellation",
+        "cancel-after-pull",
         "referral-cancelled",
         "still Filed after the cancellation",
     ),
     (
         "repull-on-cancel",
+        "cancel-after-pull",
         "pull-stopped",
         "new pull token(s) after acknowledging the cancellation",
+    ),
+    (
+        "no-authorization-base",
+        "known-patient-sends",
+        "notification-valid",
+        "no authorization-base input",
+    ),
+    (
+        "drop-includes",
+        "known-patient-sends",
+        "bundles-conform",
+        "include-present",
+    ),
+    (
+        "include-as-match",
+        "known-patient-sends",
+        "bundles-conform",
+        "include-mode",
+    ),
+    (
+        "wrong-profile",
+        "known-patient-sends",
+        "bundles-conform",
+        "section-profile",
+    ),
+    (
+        "omit-display",
+        "known-patient-sends",
+        "bundles-conform",
+        "reference-display",
+    ),
+    (
+        "serve-after-cancel",
+        "cancel-sends",
+        "pull-refused-after-cancel",
+        "a new token was issued for the revoked authorization base",
+    ),
+    (
+        "truncate-pdf",
+        "known-patient-sends",
+        "letter-served-intact",
+        "raw PDF",
     ),
 ];
 
@@ -119,12 +185,11 @@ fn every_fault_switch_is_caught_by_its_named_check() {
         .lines()
         .map(str::to_owned)
         .collect();
-    let covered: Vec<&str> = FAULTS.iter().map(|(f, _, _)| *f).collect();
+    let covered: Vec<&str> = FAULTS.iter().map(|(f, _, _, _)| *f).collect();
     assert_eq!(listed, covered, "every listed fault needs a row in FAULTS");
 
-    for (fault, check, phrase) in FAULTS {
+    for (fault, scenario, check, phrase) in FAULTS {
         let dir = tempfile::tempdir().unwrap();
-        let scenario = if check == "pull-stopped" || check == "referral-cancelled" { "cancel-after-pull" } else { "known-patient" };
         run_into(dir.path(), &["--node-fault", fault, "--scenario", scenario]).code(1);
         let failures = failures(&junit(dir.path()));
         let caught = failures

@@ -364,6 +364,68 @@ pub const NP1: [CatalogueRow; 26] = [
     ),
 ];
 
+const ZIB: &str = "http://nictiz.nl/fhir/StructureDefinition/zib-";
+
+/// The profiles a match of a section may claim (one of them), from protocol.md §4.1.
+pub fn section_profiles(section: &str) -> Vec<String> {
+    let zib = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("{ZIB}{n}"))
+            .collect::<Vec<_>>()
+    };
+    match section {
+        "Patient" => vec![
+            "http://fhir.nl/fhir/StructureDefinition/nl-core-patient".to_owned(),
+            "http://nictiz.nl/fhir/StructureDefinition/BgZ-Patient".to_owned(),
+        ],
+        "Problem" => {
+            let mut profiles = zib(&["Problem"]);
+            profiles.push("http://nictiz.nl/fhir/StructureDefinition/BgZ-Problem".to_owned());
+            profiles
+        }
+        "Payer"
+        | "TreatmentDirective"
+        | "AdvanceDirective"
+        | "FunctionalOrMentalStatus"
+        | "LivingSituation"
+        | "DrugUse"
+        | "AlcoholUse"
+        | "TobaccoUse"
+        | "NutritionAdvice"
+        | "Alert"
+        | "AllergyIntolerance"
+        | "MedicationUse"
+        | "MedicationAgreement"
+        | "AdministrationAgreement"
+        | "MedicalDevice"
+        | "Vaccination"
+        | "BloodPressure"
+        | "BodyWeight"
+        | "BodyHeight"
+        | "Encounter"
+        | "Procedure" => zib(&[section]),
+        "LaboratoryTestResult" => zib(&["LaboratoryTestResult-Observation"]),
+        "PlannedProcedure" => zib(&["ProcedureRequest"]),
+        "CareTeam" => vec!["http://fhir.nl/fhir/StructureDefinition/nl-core-careteam".to_owned()],
+        _ => Vec::new(),
+    }
+}
+
+/// The section a `Task.input` type coding names in the given catalogue, if any. Codes shared
+/// by several rows (1.x lifestyle rows) resolve to no single section.
+pub fn section_of(catalogue: CatalogueId, system: &str, code: &str) -> Option<&'static str> {
+    let rows: &[CatalogueRow] = match catalogue {
+        CatalogueId::Msz2 => &MSZ2,
+        CatalogueId::Np1 => &NP1,
+    };
+    let mut found = rows
+        .iter()
+        .filter(|r| r.code.is_some_and(|(s, c)| s == system && c == code));
+    let first = found.next()?;
+    found.next().is_none().then_some(first.section)
+}
+
 /// Query of the referral letter as a query input (protocol.md §5).
 pub const LETTER_QUERY: &str = "DocumentReference?status=current";
 /// Section code of the letter query.

@@ -42,21 +42,41 @@ fn model() -> &'static Model {
     MODEL.get_or_init(|| {
         let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap_or_default();
         let types = parse(include_str!("../../data/fhir-stu3-model/path2Type.json"));
-        let choices = parse(include_str!("../../data/fhir-stu3-model/choiceTypePaths.json"));
-        let elsewhere = parse(include_str!("../../data/fhir-stu3-model/pathsDefinedElsewhere.json"));
+        let choices = parse(include_str!(
+            "../../data/fhir-stu3-model/choiceTypePaths.json"
+        ));
+        let elsewhere = parse(include_str!(
+            "../../data/fhir-stu3-model/pathsDefinedElsewhere.json"
+        ));
         Model {
-            types: types.as_object().map(|m| m.clone().into_iter().collect()).unwrap_or_default(),
+            types: types
+                .as_object()
+                .map(|m| m.clone().into_iter().collect())
+                .unwrap_or_default(),
             choices: choices
                 .as_object()
                 .map(|m| {
                     m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect()))
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v.as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(|t| t.as_str().map(str::to_owned))
+                                    .collect(),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
             elsewhere: elsewhere
                 .as_object()
-                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     })
@@ -65,19 +85,29 @@ fn model() -> &'static Model {
 /// The declared type of `path.key`, resolving choice elements (`valueQuantity`).
 fn element_type(path: &str, key: &str) -> Option<(String, String)> {
     let model = model();
-    let path = model.elsewhere.get(path).map(String::as_str).unwrap_or(path);
+    let path = model
+        .elsewhere
+        .get(path)
+        .map(String::as_str)
+        .unwrap_or(path);
     let child = format!("{path}.{key}");
     if let Some(declared) = model.types.get(&child) {
         let name = match declared {
             Value::String(s) => s.clone(),
-            Value::Object(o) => o.get("code").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            Value::Object(o) => o
+                .get("code")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             _ => return None,
         };
         return Some((child, name));
     }
     // Choice: the key is the base name followed by the type name.
     for (choice, types) in &model.choices {
-        let Some(base) = choice.strip_prefix(&format!("{path}.")) else { continue };
+        let Some(base) = choice.strip_prefix(&format!("{path}.")) else {
+            continue;
+        };
         if let Some(suffix) = key.strip_prefix(base)
             && let Some(found) = types.iter().find(|t| t.eq_ignore_ascii_case(suffix))
         {
@@ -92,7 +122,9 @@ pub fn check_resource(resource: &Value) -> Vec<Finding> {
     let mut findings = Vec::new();
     let rtype = resource["resourceType"].as_str().unwrap_or("?");
     let label = format!("{rtype}/{}", resource["id"].as_str().unwrap_or("?"));
-    let has_profile = resource["meta"]["profile"].as_array().is_some_and(|p| !p.is_empty());
+    let has_profile = resource["meta"]["profile"]
+        .as_array()
+        .is_some_and(|p| !p.is_empty());
     if !has_profile && rtype != "OperationOutcome" && rtype != "Binary" {
         findings.push(Finding {
             rule: "meta-profile",
@@ -111,13 +143,19 @@ fn walk(value: &Value, path: &str, label: &str, shown: &str, findings: &mut Vec<
         if key.starts_with('_') || key == "resourceType" || key == "contained" {
             continue;
         }
-        let Some((child_path, type_name)) = element_type(path, key) else { continue };
+        let Some((child_path, type_name)) = element_type(path, key) else {
+            continue;
+        };
         let items: Vec<&Value> = match child {
             Value::Array(items) => items.iter().collect(),
             other => vec![other],
         };
         for (index, item) in items.iter().enumerate() {
-            let here = if child.is_array() { format!("{shown}{key}[{index}]") } else { format!("{shown}{key}") };
+            let here = if child.is_array() {
+                format!("{shown}{key}[{index}]")
+            } else {
+                format!("{shown}{key}")
+            };
             check_typed(item, &type_name, label, &here, findings);
             let next_path = match type_name.as_str() {
                 "BackboneElement" | "Element" => child_path.clone(),
@@ -137,33 +175,67 @@ fn finding(rule: &'static str, label: &str, here: &str, message: String) -> Find
     }
 }
 
-fn check_typed(value: &Value, type_name: &str, label: &str, here: &str, findings: &mut Vec<Finding>) {
+fn check_typed(
+    value: &Value,
+    type_name: &str,
+    label: &str,
+    here: &str,
+    findings: &mut Vec<Finding>,
+) {
     let has_extension = value["extension"].as_array().is_some_and(|e| !e.is_empty());
     match type_name {
         "Coding" => {
             let (system, code) = (value["system"].as_str(), value["code"].as_str());
             if system.is_none() || code.is_none() {
-                findings.push(finding("coding-system-code", label, here, "a Coding needs both system and code".to_owned()));
+                findings.push(finding(
+                    "coding-system-code",
+                    label,
+                    here,
+                    "a Coding needs both system and code".to_owned(),
+                ));
             }
             if let Some(system) = system.filter(|s| s.starts_with(ZIB_VALUE_SET_OID)) {
-                findings.push(finding("coding-no-valueset-oid", label, here, format!("the system `{system}` is a zib value-set OID, not a code system")));
+                findings.push(finding(
+                    "coding-no-valueset-oid",
+                    label,
+                    here,
+                    format!("the system `{system}` is a zib value-set OID, not a code system"),
+                ));
             }
         }
         "CodeableConcept" => {
-            let display = value["coding"].as_array().into_iter().flatten().any(|c| c["display"].is_string());
+            let display = value["coding"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["display"].is_string());
             if !display && !value["text"].is_string() && !has_extension {
-                findings.push(finding("codeableconcept-display", label, here, "a CodeableConcept needs a coding display, a text or an extension".to_owned()));
+                findings.push(finding(
+                    "codeableconcept-display",
+                    label,
+                    here,
+                    "a CodeableConcept needs a coding display, a text or an extension".to_owned(),
+                ));
             }
         }
-        "Reference" => {
-            if !value["display"].is_string() && !has_extension {
-                findings.push(finding("reference-display", label, here, "a Reference needs a display (or a data-absent-reason or nullFlavor extension)".to_owned()));
-            }
+        "Reference" if !value["display"].is_string() && !has_extension => {
+            findings.push(finding(
+                "reference-display",
+                label,
+                here,
+                "a Reference needs a display (or a data-absent-reason or nullFlavor extension)"
+                    .to_owned(),
+            ));
         }
         "Identifier" => {
             let named = value["system"].is_string() || value["type"].is_object();
             if !named || !value["value"].is_string() {
-                findings.push(finding("identifier-system-value", label, here, "an Identifier needs a system (or a type) and a value".to_owned()));
+                findings.push(finding(
+                    "identifier-system-value",
+                    label,
+                    here,
+                    "an Identifier needs a system (or a type) and a value".to_owned(),
+                ));
             }
         }
         _ => {}
@@ -184,14 +256,34 @@ pub struct SearchContext<'a> {
 pub fn check_searchset(bundle: &Value, context: &SearchContext<'_>) -> Vec<Finding> {
     let mut findings = Vec::new();
     let bundle_label = "Bundle";
-    let bundle_finding = |rule, severity, message: String| Finding { rule, severity, location: bundle_label.to_owned(), message };
+    let bundle_finding = |rule, severity, message: String| Finding {
+        rule,
+        severity,
+        location: bundle_label.to_owned(),
+        message,
+    };
     if bundle["resourceType"] != "Bundle" || bundle["type"] != "searchset" {
-        findings.push(bundle_finding("searchset", Severity::Error, format!("expected a Bundle of type searchset, found {} {}", bundle["resourceType"], bundle["type"])));
+        findings.push(bundle_finding(
+            "searchset",
+            Severity::Error,
+            format!(
+                "expected a Bundle of type searchset, found {} {}",
+                bundle["resourceType"], bundle["type"]
+            ),
+        ));
         return findings;
     }
-    let has_self = bundle["link"].as_array().into_iter().flatten().any(|l| l["relation"] == "self");
+    let has_self = bundle["link"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|l| l["relation"] == "self");
     if !has_self {
-        findings.push(bundle_finding("self-link", Severity::Warning, "the Bundle has no self link".to_owned()));
+        findings.push(bundle_finding(
+            "self-link",
+            Severity::Warning,
+            "the Bundle has no self link".to_owned(),
+        ));
     }
 
     let mut matches = 0;
@@ -203,13 +295,26 @@ pub fn check_searchset(bundle: &Value, context: &SearchContext<'_>) -> Vec<Findi
         let opaque = full_url.starts_with("urn:uuid:") || full_url.starts_with("urn:oid:");
         let id = resource["id"].as_str();
         if id.is_none() && !opaque {
-            findings.push(finding("entry-id", bundle_label, &here, format!("the {rtype} has no id and its fullUrl is not a urn:uuid or urn:oid")));
+            findings.push(finding(
+                "entry-id",
+                bundle_label,
+                &here,
+                format!("the {rtype} has no id and its fullUrl is not a urn:uuid or urn:oid"),
+            ));
         }
         let well_formed = opaque
             || ((full_url.starts_with("http://") || full_url.starts_with("https://"))
                 && id.is_some_and(|id| full_url.ends_with(&format!("{rtype}/{id}"))));
         if !well_formed {
-            findings.push(finding("entry-fullurl", bundle_label, &here, format!("fullUrl `{full_url}` is not an absolute URL ending in {rtype}/{}", id.unwrap_or("?"))));
+            findings.push(finding(
+                "entry-fullurl",
+                bundle_label,
+                &here,
+                format!(
+                    "fullUrl `{full_url}` is not an absolute URL ending in {rtype}/{}",
+                    id.unwrap_or("?")
+                ),
+            ));
         }
 
         let mode = entry["search"]["mode"].as_str();
@@ -222,19 +327,44 @@ pub fn check_searchset(bundle: &Value, context: &SearchContext<'_>) -> Vec<Findi
             _ => findings.push(finding("search-mode", bundle_label, &here, "the entry has no search.mode".to_owned())),
         }
         if mode == Some("match") && is_searched_type && !context.match_profiles.is_empty() {
-            let claimed: Vec<&str> = resource["meta"]["profile"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let claimed: Vec<&str> = resource["meta"]["profile"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
             if !claimed.iter().any(|p| context.match_profiles.contains(p)) {
-                findings.push(finding("section-profile", &format!("{rtype}/{}", id.unwrap_or("?")), "meta.profile", format!("claims {claimed:?}, expected one of {:?}", context.match_profiles)));
+                findings.push(finding(
+                    "section-profile",
+                    &format!("{rtype}/{}", id.unwrap_or("?")),
+                    "meta.profile",
+                    format!(
+                        "claims {claimed:?}, expected one of {:?}",
+                        context.match_profiles
+                    ),
+                ));
             }
         }
         findings.extend(check_resource(resource));
     }
 
-    let has_next = bundle["link"].as_array().into_iter().flatten().any(|l| l["relation"] == "next");
+    let has_next = bundle["link"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|l| l["relation"] == "next");
     match bundle["total"].as_u64() {
         Some(total) if !has_next && total != matches as u64 => {
-            let severity = if total > matches as u64 { Severity::Warning } else { Severity::Error };
-            findings.push(bundle_finding("total-matches", severity, format!("total is {total} but the page holds {matches} match entries")));
+            let severity = if total > matches as u64 {
+                Severity::Warning
+            } else {
+                Severity::Error
+            };
+            findings.push(bundle_finding(
+                "total-matches",
+                severity,
+                format!("total is {total} but the page holds {matches} match entries"),
+            ));
         }
         _ => {}
     }
@@ -253,8 +383,12 @@ mod tests {
     #[test]
     fn the_shipped_fixtures_satisfy_every_resource_rule() {
         for key in ["known", "unknown", "other"] {
-            let path = format!("{}/fixtures/patients/{key}/bgz.json", env!("CARGO_MANIFEST_DIR"));
-            let bundle: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            let path = format!(
+                "{}/fixtures/patients/{key}/bgz.json",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let bundle: Value =
+                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
             for entry in bundle["entry"].as_array().unwrap() {
                 let findings = check_resource(&entry["resource"]);
                 assert!(findings.is_empty(), "{key}: {findings:#?}");
@@ -272,7 +406,14 @@ mod tests {
             "category": [{ "coding": [{ "system": "urn:oid:2.16.840.1.113883.2.4.3.11.60.40.2.5.1.1", "code": "1" }] }]
         });
         let found = rules(&check_resource(&resource));
-        for rule in ["meta-profile", "coding-system-code", "codeableconcept-display", "reference-display", "identifier-system-value", "coding-no-valueset-oid"] {
+        for rule in [
+            "meta-profile",
+            "coding-system-code",
+            "codeableconcept-display",
+            "reference-display",
+            "identifier-system-value",
+            "coding-no-valueset-oid",
+        ] {
             assert!(found.contains(&rule), "{rule} not found in {found:?}");
         }
     }
@@ -291,8 +432,10 @@ mod tests {
 
     #[test]
     fn searchset_rules_catch_wrong_modes_totals_and_urls() {
-        let resource = json!({ "resourceType": "Condition", "id": "c1", "meta": { "profile": ["p"] } });
-        let provenance = json!({ "resourceType": "Provenance", "id": "v1", "meta": { "profile": ["p"] } });
+        let resource =
+            json!({ "resourceType": "Condition", "id": "c1", "meta": { "profile": ["p"] } });
+        let provenance =
+            json!({ "resourceType": "Provenance", "id": "v1", "meta": { "profile": ["p"] } });
         let bundle = json!({
             "resourceType": "Bundle", "type": "searchset", "total": 3,
             "entry": [
@@ -300,9 +443,18 @@ mod tests {
                 { "fullUrl": "Provenance/v1", "resource": provenance, "search": { "mode": "match" } }
             ]
         });
-        let context = SearchContext { resource_type: "Condition", match_profiles: &["zib-Problem"] };
+        let context = SearchContext {
+            resource_type: "Condition",
+            match_profiles: &["zib-Problem"],
+        };
         let found = rules(&check_searchset(&bundle, &context));
-        for rule in ["include-mode", "entry-fullurl", "total-matches", "self-link", "section-profile"] {
+        for rule in [
+            "include-mode",
+            "entry-fullurl",
+            "total-matches",
+            "self-link",
+            "section-profile",
+        ] {
             assert!(found.contains(&rule), "{rule} not in {found:?}");
         }
     }

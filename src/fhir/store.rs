@@ -397,8 +397,9 @@ fn collect_references(value: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// The reference elements behind each `_include` parameter of the BgZ catalogues.
-fn include_references(resource: &Value, param: &str) -> Vec<String> {
+/// The references that `_include=Type:param` follows from one resource (the BgZ catalogue
+/// parameters only).
+pub fn include_references(resource: &Value, param: &str) -> Vec<String> {
     let path: &[&str] = match param {
         "general-practitioner" => &["generalPractitioner"],
         "payor" => &["payor"],

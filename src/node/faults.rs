@@ -30,11 +30,25 @@ pub enum Fault {
     IgnoreCancellation,
     /// Treats a cancellation as an update and pulls again.
     RepullOnCancel,
+    /// As sender: leaves the authorization base out of the notification.
+    NoAuthorizationBase,
+    /// As sender: serves searchsets without their `_include`/`_revinclude` entries.
+    DropIncludes,
+    /// As sender: marks included entries as `match`.
+    IncludeAsMatch,
+    /// As sender: claims the base Condition profile instead of zib-Problem.
+    WrongProfile,
+    /// As sender: serves References without `display`.
+    OmitDisplay,
+    /// As sender: keeps serving after it cancelled (does not revoke).
+    ServeAfterCancel,
+    /// As sender: serves the raw PDF cut in half.
+    TruncatePdf,
 }
 
 impl Fault {
     /// Every fault, in the order `node faults` lists them.
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 18] = [
         Fault::NoLocation,
         Fault::OmitAuthorizationBase,
         Fault::SkipWorkflowTask,
@@ -46,6 +60,13 @@ impl Fault {
         Fault::WrongDepartment,
         Fault::IgnoreCancellation,
         Fault::RepullOnCancel,
+        Fault::NoAuthorizationBase,
+        Fault::DropIncludes,
+        Fault::IncludeAsMatch,
+        Fault::WrongProfile,
+        Fault::OmitDisplay,
+        Fault::ServeAfterCancel,
+        Fault::TruncatePdf,
     ];
 
     /// The name used on the command line.
@@ -62,6 +83,13 @@ impl Fault {
             Fault::WrongDepartment => "wrong-department",
             Fault::IgnoreCancellation => "ignore-cancellation",
             Fault::RepullOnCancel => "repull-on-cancel",
+            Fault::NoAuthorizationBase => "no-authorization-base",
+            Fault::DropIncludes => "drop-includes",
+            Fault::IncludeAsMatch => "include-as-match",
+            Fault::WrongProfile => "wrong-profile",
+            Fault::OmitDisplay => "omit-display",
+            Fault::ServeAfterCancel => "serve-after-cancel",
+            Fault::TruncatePdf => "truncate-pdf",
         }
     }
 
@@ -81,6 +109,15 @@ impl Fault {
             Fault::WrongDepartment => "files the referral in another department",
             Fault::IgnoreCancellation => "answers a cancellation 200 but keeps the referral",
             Fault::RepullOnCancel => "treats a cancellation as an update and pulls again",
+            Fault::NoAuthorizationBase => {
+                "as sender, sends a notification without an authorization base"
+            }
+            Fault::DropIncludes => "as sender, drops _include and _revinclude results",
+            Fault::IncludeAsMatch => "as sender, marks included entries as match",
+            Fault::WrongProfile => "as sender, claims a wrong profile on Conditions",
+            Fault::OmitDisplay => "as sender, omits Reference.display",
+            Fault::ServeAfterCancel => "as sender, keeps serving after cancelling",
+            Fault::TruncatePdf => "as sender, serves the raw letter PDF cut in half",
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod faults;
 mod puller;
 mod receiver;
+pub mod sender;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,7 +47,8 @@ pub struct NodeConfig {
     pub name: String,
     pub ura: String,
     pub departments: Vec<Department>,
-    /// Patients known to the node (Patient resources with a BSN).
+    /// The records of the patients the node knows: each one's Patient (with a BSN) and,
+    /// for its sending role, the whole BgZ and letter.
     pub register: ResourceStore,
     pub faults: FaultSet,
     pub listen: SocketAddr,
@@ -104,6 +106,9 @@ pub(crate) struct NodeState {
     >,
     tokens: Mutex<HashMap<String, i64>>,
     validator: AssertionValidator,
+    /// Checks client assertions sent to the sending role's token endpoint.
+    pull_validator: AssertionValidator,
+    sender: sender::SenderState,
     http: reqwest::Client,
 }
 
@@ -133,6 +138,10 @@ pub struct NodeEndpoints {
     pub token_url: String,
     pub inspect_url: String,
     pub control_url: String,
+    /// FHIR base of the sending role.
+    pub sender_fhir_base: String,
+    /// Token endpoint of the sending role.
+    pub sender_token_url: String,
 }
 
 impl ReferenceNode {
@@ -150,6 +159,8 @@ impl ReferenceNode {
             .map_err(std::io::Error::other)?;
         let state = Arc::new(NodeState {
             validator: AssertionValidator::new(&format!("{base}/token"), 5),
+            pull_validator: AssertionValidator::new(&format!("{base}/sender/token"), 5),
+            sender: sender::SenderState::default(),
             config,
             base: base.clone(),
             senders: Mutex::new(HashMap::new()),
@@ -170,6 +181,8 @@ impl ReferenceNode {
             token_url: format!("{base}/token"),
             inspect_url: format!("{base}/inspect"),
             control_url: format!("{base}/control"),
+            sender_fhir_base: format!("{base}/sender/fhir"),
+            sender_token_url: format!("{base}/sender/token"),
         }
     }
 

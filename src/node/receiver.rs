@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{InboxEntry, InboxStatus, NodeState, SenderEndpoints, lock, puller};
+use super::{InboxEntry, InboxStatus, NodeState, SenderEndpoints, lock, puller, sender};
 use crate::fhir::media::{FHIR_JSON, is_fhir_json};
 use crate::fhir::outcome::operation_outcome;
 use crate::node::faults::Fault;
@@ -29,6 +29,11 @@ pub(super) fn router(state: Arc<NodeState>) -> Router {
         .route("/fhir/Task", post(notification).put(cancellation))
         .route("/inspect/inbox", get(inbox))
         .route("/control/senders", post(register_sender))
+        .route("/control/send", post(sender::control_send))
+        .route("/control/cancel", post(sender::control_cancel))
+        .route("/sender/token", post(sender::pull_token))
+        .route("/sender/fhir/{rtype}", get(sender::search))
+        .route("/sender/fhir/{rtype}/{id}", get(sender::read))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
 }

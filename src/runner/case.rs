@@ -24,12 +24,16 @@ use crate::protocol::token::{
     AssertionClaims, TokenResponse, UnsignedJws, encode_jwt, opaque_token, token_request_form,
     unix_now,
 };
-use crate::scenario::model::{
-    Action, CheckId, ConfirmFact, Direction, LetterOffer, NotifySettings, Step,
-};
+use crate::scenario::model::{Action, CheckId, ConfirmFact, LetterOffer, NotifySettings, Step};
 use crate::scenario::plan::PlannedCase;
 use crate::sim::sender::Share;
 use crate::transport::Outgoing;
+
+mod sends;
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Longest a cancel step waits for the target to ask for a held token.
 const HELD_TOKEN_WAIT: Duration = Duration::from_secs(10);
@@ -39,6 +43,10 @@ const HELD_TOKEN_WAIT: Duration = Duration::from_secs(10);
 struct CaseState {
     sent: Option<Sent>,
     share: Option<Arc<Share>>,
+    /// target-sends: the receiving slot and its notification base.
+    slot: Option<(Arc<crate::sim::receiver::Slot>, String)>,
+    received: Option<sends::Received>,
+    pull_token: Option<String>,
     inbox: Option<(InboxEntry, String)>,
 }
 
@@ -61,14 +69,6 @@ pub(super) async fn execute(ctx: &RunContext, planned: &PlannedCase) -> CaseOutc
             format!("the patient fixture `{}` was not loaded", scenario.patient),
         );
     };
-    if scenario.direction == Direction::TargetSends {
-        return single_problem(
-            planned,
-            Verdict::NotRun,
-            "setup",
-            "not run: direction target-sends is not supported by this build".to_owned(),
-        );
-    }
 
     let mut run = CaseRun {
         ctx,
@@ -208,6 +208,18 @@ impl CaseRun<'_> {
             Action::AwaitPull { within, quiet } => self.await_pull(step, *within, *quiet).await,
             Action::Confirm { fact, prompt } => self.confirm(step, *fact, prompt).await,
             Action::Cancel { observe } => self.cancel(step, *observe).await,
+            Action::Trigger {
+                action,
+                letter,
+                prompt,
+            } => {
+                self.trigger(step, *action, *letter, prompt.as_deref())
+                    .await
+            }
+            Action::AwaitNotification { within } => self.await_notification(step, *within).await,
+            Action::Pull => self.pull(step).await,
+            Action::AwaitCancellation { within } => self.await_cancellation(step, *within).await,
+            Action::PullAfterCancel => self.pull_after_cancel(step).await,
             Action::Wait(duration) => {
                 tokio::time::sleep(*duration).await;
                 step_outcome(step, Verdict::Pass, Vec::new(), None, Vec::new())

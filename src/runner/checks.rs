@@ -141,25 +141,17 @@ pub(crate) fn diagnostics_suffix(exchange: &Exchange) -> String {
 /// Evaluates one of the pull checks.
 pub(crate) fn evaluate(check: CheckId, evidence: &Evidence<'_>) -> CheckOutcome {
     match check {
-        CheckId::NotificationAccepted => outcome(
-            check,
-            Verdict::Error,
-            "",
-            "",
-            "notification-accepted belongs to the notify step",
-            vec![],
-        ),
         CheckId::TokenCarriesAuthorizationBase => token_carries_base(evidence),
         CheckId::WorkflowTaskRead => workflow_task_read(evidence),
         CheckId::EveryNotifiedSearchRun => every_search_run(evidence),
         CheckId::EveryPageFetched => every_page_fetched(evidence),
         CheckId::LetterRetrievedIntact => letter_intact(evidence),
-        CheckId::CancellationAccepted | CheckId::PullStopped => outcome(
-            check,
+        other => outcome(
+            other,
             Verdict::Error,
             "",
             "",
-            "this check belongs to the cancel step",
+            format!("{} does not belong to an await-pull step", other.name()),
             vec![],
         ),
     }

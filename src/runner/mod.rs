@@ -79,6 +79,11 @@ pub(crate) struct TargetEndpoints {
     pub notification_base: String,
     pub token_url: String,
     pub inspect_url: Option<String>,
+    /// The reference node's control API: triggers sends and cancels.
+    pub control_url: Option<String>,
+    /// The target's FHIR base and token endpoint as a sender.
+    pub sender_fhir_base: Option<String>,
+    pub sender_token_url: Option<String>,
 }
 
 /// Everything cases share.
@@ -86,7 +91,10 @@ pub(crate) struct RunContext {
     pub target: Target,
     pub endpoints: TargetEndpoints,
     pub sender: SenderSim,
+    pub receiver: crate::sim::receiver::ReceiverSim,
     pub to_target: RecordingClient,
+    /// The harness as receiver, pulling from the target.
+    pub as_receiver: RecordingClient,
     pub inspector: RecordingClient,
     pub journal: Arc<Journal>,
     pub fixtures: Fixtures,
@@ -132,6 +140,19 @@ pub async fn prepare(
             .map_err(|e| SetupError::Client(e.to_string()))
     };
     let to_target = client(Party::HarnessSender, Party::Target)?;
+    let as_receiver = client(Party::HarnessReceiver, Party::Target)?;
+    let receiver_listen = SocketAddr::new(target.simulator_listen.ip(), 0);
+    let receiver = crate::sim::receiver::ReceiverSim::start(
+        receiver_listen,
+        target.receiver_public_base.clone(),
+        journal.clone(),
+    )
+    .await
+    .map_err(|source| SetupError::Bind {
+        what: "the simulated receiver",
+        addr: receiver_listen,
+        source,
+    })?;
     let inspector = client(Party::HarnessInspector, Party::Target)?;
 
     let counterparts: BTreeSet<&str> = plan
@@ -149,8 +170,10 @@ pub async fn prepare(
         TargetKind::Embedded => {
             let mut register = crate::fhir::store::ResourceStore::default();
             for key in &target.known_patients {
-                if let Some(patient) = fixtures.patients.get(key).and_then(|f| f.patient()) {
-                    let _ = register.add(patient.clone());
+                if let Some(fixture) = fixtures.patients.get(key) {
+                    register
+                        .extend(&fixture.store)
+                        .map_err(SetupError::Fixture)?;
                 }
             }
             let listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -176,6 +199,9 @@ pub async fn prepare(
                 notification_base: e.notification_base,
                 token_url: e.token_url,
                 inspect_url: Some(e.inspect_url),
+                control_url: Some(e.control_url),
+                sender_fhir_base: Some(e.sender_fhir_base),
+                sender_token_url: Some(e.sender_token_url),
             };
             (endpoints, Some(node))
         }
@@ -210,6 +236,11 @@ pub async fn prepare(
                 notification_base: doc.notification.trim_end_matches('/').to_owned(),
                 token_url: doc.token,
                 inspect_url: doc.inspect.map(|u| u.trim_end_matches('/').to_owned()),
+                control_url: doc.control.map(|u| u.trim_end_matches('/').to_owned()),
+                sender_fhir_base: doc
+                    .sender_fhir_base
+                    .map(|u| u.trim_end_matches('/').to_owned()),
+                sender_token_url: doc.sender_token,
             };
             (endpoints, None)
         }
@@ -220,7 +251,9 @@ pub async fn prepare(
             target: target.clone(),
             endpoints,
             sender,
+            receiver,
             to_target,
+            as_receiver,
             inspector,
             journal,
             fixtures,

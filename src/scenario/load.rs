@@ -241,7 +241,21 @@ pub fn load_scenario(path: &Path) -> Result<Scenario, InputError> {
 
     let mut steps = Vec::new();
     for (index, step) in doc.steps.iter().enumerate() {
-        steps.push(validate_step(&file, &text, index, step)?);
+        let validated = validate_step(&file, &text, index, step)?;
+        let kind = validated.action.kind();
+        if kind.direction().is_some_and(|d| d != doc.direction) {
+            return Err(InputError::at(
+                &file,
+                &text,
+                step,
+                format!(
+                    "a `{}` step does not fit a {:?} scenario",
+                    kind.name(),
+                    doc.direction
+                ),
+            ));
+        }
+        steps.push(validated);
     }
     Ok(Scenario {
         id: doc.id.value,
@@ -297,6 +311,29 @@ fn validate_step(
             observe: spanned_duration(file, text, &args.observe, Duration::from_secs(2))?,
         });
     }
+    if let Some(args) = &doc.trigger {
+        actions.push(Action::Trigger {
+            action: args.action,
+            letter: args.letter,
+            prompt: args.prompt.clone(),
+        });
+    }
+    if let Some(args) = &doc.await_notification {
+        actions.push(Action::AwaitNotification {
+            within: spanned_duration(file, text, &args.within, Duration::from_secs(15))?,
+        });
+    }
+    if doc.pull.is_some() {
+        actions.push(Action::Pull);
+    }
+    if let Some(args) = &doc.await_cancellation {
+        actions.push(Action::AwaitCancellation {
+            within: spanned_duration(file, text, &args.within, Duration::from_secs(15))?,
+        });
+    }
+    if doc.pull_after_cancel.is_some() {
+        actions.push(Action::PullAfterCancel);
+    }
     if let Some(wait) = &doc.wait {
         let duration =
             parse_duration(&wait.value).map_err(|m| InputError::at(file, text, wait, m))?;
@@ -310,7 +347,7 @@ fn validate_step(
                 file,
                 text,
                 spanned,
-                "a step needs one action: notify, await-pull, cancel, confirm or wait",
+                "a step needs one action: notify, await-pull, cancel, confirm, trigger, await-notification, pull, await-cancellation, pull-after-cancel or wait",
             ));
         }
         _ => {

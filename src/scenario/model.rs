@@ -54,6 +54,11 @@ pub struct StepDoc {
     pub await_pull: Option<AwaitPullArgs>,
     pub confirm: Option<ConfirmArgs>,
     pub cancel: Option<CancelArgs>,
+    pub trigger: Option<TriggerArgs>,
+    pub await_notification: Option<WithinArgs>,
+    pub pull: Option<PullArgs>,
+    pub await_cancellation: Option<WithinArgs>,
+    pub pull_after_cancel: Option<PullArgs>,
     pub wait: Option<Spanned<String>>,
     #[serde(default)]
     pub checks: Vec<Spanned<CheckId>>,
@@ -87,6 +92,42 @@ pub struct NotifyArgs {
     #[serde(default)]
     pub hold_token: bool,
 }
+
+/// What a `trigger` step makes the target do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TriggerAction {
+    /// Send a notification for the case's patient to the harness's receiver.
+    Send,
+    /// Cancel the notification it sent.
+    Cancel,
+}
+
+/// Arguments of `trigger`: make the target send or cancel.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TriggerArgs {
+    pub action: TriggerAction,
+    /// How the target should offer the letter (reference node only).
+    #[serde(default)]
+    pub letter: LetterOffer,
+    /// What the tester is asked when the target has no control API.
+    #[serde(default)]
+    pub prompt: Option<String>,
+}
+
+/// Arguments of steps that wait for the target.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WithinArgs {
+    #[serde(default)]
+    pub within: Option<Spanned<String>>,
+}
+
+/// Arguments of `pull` and `pull-after-cancel` (none yet).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PullArgs {}
 
 /// Arguments of `cancel`: the harness cancels its notification.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -167,6 +208,22 @@ pub enum CheckId {
     CancellationAccepted,
     /// After the cancellation the target started no new request and got no data.
     PullStopped,
+    /// The target's notification follows every rule of protocol.md §2.
+    NotificationValid,
+    /// The target issued a pull token for its authorization base.
+    PullTokenIssued,
+    /// The target served the workflow Task it offered.
+    WorkflowTaskServed,
+    /// The target answered every notified search and read with 200.
+    SearchesAnswered,
+    /// Every searchset and resource the target served follows protocol.md §6.
+    BundlesConform,
+    /// The target served the letter intact, as a FHIR Binary and as a raw PDF.
+    LetterServedIntact,
+    /// The target's cancellation is a valid conditional update to `cancelled`.
+    CancellationValid,
+    /// After cancelling, the target refuses new tokens and earlier ones.
+    PullRefusedAfterCancel,
 }
 
 impl CheckId {
@@ -181,6 +238,14 @@ impl CheckId {
             CheckId::LetterRetrievedIntact => "letter-retrieved-intact",
             CheckId::CancellationAccepted => "cancellation-accepted",
             CheckId::PullStopped => "pull-stopped",
+            CheckId::NotificationValid => "notification-valid",
+            CheckId::PullTokenIssued => "pull-token-issued",
+            CheckId::WorkflowTaskServed => "workflow-task-served",
+            CheckId::SearchesAnswered => "searches-answered",
+            CheckId::BundlesConform => "bundles-conform",
+            CheckId::LetterServedIntact => "letter-served-intact",
+            CheckId::CancellationValid => "cancellation-valid",
+            CheckId::PullRefusedAfterCancel => "pull-refused-after-cancel",
         }
     }
 
@@ -189,6 +254,14 @@ impl CheckId {
         match self {
             CheckId::NotificationAccepted => StepKind::Notify,
             CheckId::CancellationAccepted | CheckId::PullStopped => StepKind::Cancel,
+            CheckId::NotificationValid => StepKind::AwaitNotification,
+            CheckId::PullTokenIssued
+            | CheckId::WorkflowTaskServed
+            | CheckId::SearchesAnswered
+            | CheckId::BundlesConform
+            | CheckId::LetterServedIntact => StepKind::Pull,
+            CheckId::CancellationValid => StepKind::AwaitCancellation,
+            CheckId::PullRefusedAfterCancel => StepKind::PullAfterCancel,
             _ => StepKind::AwaitPull,
         }
     }
@@ -202,10 +275,30 @@ pub enum StepKind {
     AwaitPull,
     Confirm,
     Cancel,
+    Trigger,
+    AwaitNotification,
+    Pull,
+    AwaitCancellation,
+    PullAfterCancel,
     Wait,
 }
 
 impl StepKind {
+    /// The direction the step belongs to; `None` for steps of both.
+    pub fn direction(self) -> Option<Direction> {
+        match self {
+            StepKind::Notify | StepKind::AwaitPull | StepKind::Cancel => {
+                Some(Direction::TargetReceives)
+            }
+            StepKind::Trigger
+            | StepKind::AwaitNotification
+            | StepKind::Pull
+            | StepKind::AwaitCancellation
+            | StepKind::PullAfterCancel => Some(Direction::TargetSends),
+            StepKind::Confirm | StepKind::Wait => None,
+        }
+    }
+
     /// The YAML key.
     pub fn name(self) -> &'static str {
         match self {
@@ -213,6 +306,11 @@ impl StepKind {
             StepKind::AwaitPull => "await-pull",
             StepKind::Confirm => "confirm",
             StepKind::Cancel => "cancel",
+            StepKind::Trigger => "trigger",
+            StepKind::AwaitNotification => "await-notification",
+            StepKind::Pull => "pull",
+            StepKind::AwaitCancellation => "await-cancellation",
+            StepKind::PullAfterCancel => "pull-after-cancel",
             StepKind::Wait => "wait",
         }
     }
@@ -231,9 +329,30 @@ pub struct Step {
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     Notify(NotifySettings),
-    AwaitPull { within: Duration, quiet: Duration },
-    Confirm { fact: ConfirmFact, prompt: String },
-    Cancel { observe: Duration },
+    AwaitPull {
+        within: Duration,
+        quiet: Duration,
+    },
+    Confirm {
+        fact: ConfirmFact,
+        prompt: String,
+    },
+    Cancel {
+        observe: Duration,
+    },
+    Trigger {
+        action: TriggerAction,
+        letter: LetterOffer,
+        prompt: Option<String>,
+    },
+    AwaitNotification {
+        within: Duration,
+    },
+    Pull,
+    AwaitCancellation {
+        within: Duration,
+    },
+    PullAfterCancel,
     Wait(Duration),
 }
 
@@ -254,6 +373,11 @@ impl Action {
             Action::AwaitPull { .. } => StepKind::AwaitPull,
             Action::Confirm { .. } => StepKind::Confirm,
             Action::Cancel { .. } => StepKind::Cancel,
+            Action::Trigger { .. } => StepKind::Trigger,
+            Action::AwaitNotification { .. } => StepKind::AwaitNotification,
+            Action::Pull => StepKind::Pull,
+            Action::AwaitCancellation { .. } => StepKind::AwaitCancellation,
+            Action::PullAfterCancel => StepKind::PullAfterCancel,
             Action::Wait(_) => StepKind::Wait,
         }
     }

@@ -98,9 +98,16 @@ pub struct EndpointsDoc {
     /// Inspection API (reference node only): answers confirm steps automatically.
     #[serde(default)]
     pub inspect: Option<String>,
-    /// Control API (reference node only): the harness registers its simulators there.
+    /// Control API (reference node only): the harness registers its simulators there and
+    /// triggers sends and cancels.
     #[serde(default)]
     pub control: Option<String>,
+    /// FHIR base the target serves its BgZ from when it is the sender.
+    #[serde(default)]
+    pub sender_fhir_base: Option<String>,
+    /// Token endpoint of the target's sending side (pull tokens).
+    #[serde(default)]
+    pub sender_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +116,10 @@ struct SimulatorsDoc {
     listen: Spanned<String>,
     #[serde(default)]
     public_base: Option<String>,
+    /// How the target reaches the simulated receiver (it listens on the same address,
+    /// on a port the OS picks, unless this is set).
+    #[serde(default)]
+    receiver_public_base: Option<String>,
 }
 
 /// A validated target.
@@ -123,8 +134,10 @@ pub struct Target {
     pub endpoints: Option<EndpointsDoc>,
     /// Where the simulators listen.
     pub simulator_listen: SocketAddr,
-    /// How the target reaches the simulators, when not at `simulator_listen`.
+    /// How the target reaches the simulated sender, when not at `simulator_listen`.
     pub simulator_public_base: Option<String>,
+    /// How the target reaches the simulated receiver.
+    pub receiver_public_base: Option<String>,
     pub protocol: ProtocolProfile,
     /// Fixture keys of the patients the target knows.
     pub known_patients: Vec<String>,
@@ -157,6 +170,7 @@ impl Target {
             endpoints: None,
             simulator_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             simulator_public_base: None,
+            receiver_public_base: None,
             protocol: ProtocolProfile::default(),
             known_patients: vec!["known".to_owned(), "other".to_owned()],
             exchange_timeout: Duration::from_secs(10),
@@ -215,8 +229,8 @@ impl Target {
             }
             (TargetKind::Embedded, None) => None,
         };
-        let (listen, public_base) = match doc.simulators {
-            None => (SocketAddr::from(([127, 0, 0, 1], 0)), None),
+        let (listen, public_base, receiver_public_base) = match doc.simulators {
+            None => (SocketAddr::from(([127, 0, 0, 1], 0)), None, None),
             Some(sims) => {
                 let listen: SocketAddr = sims.listen.value.parse().map_err(|_| {
                     InputError::at(
@@ -229,7 +243,7 @@ impl Target {
                         ),
                     )
                 })?;
-                (listen, sims.public_base)
+                (listen, sims.public_base, sims.receiver_public_base)
             }
         };
         let exchange_timeout = match &doc.exchange_timeout {
@@ -247,6 +261,7 @@ impl Target {
             endpoints,
             simulator_listen: listen,
             simulator_public_base: public_base,
+            receiver_public_base,
             protocol: doc.protocol,
             known_patients: doc.known_patients,
             exchange_timeout,

@@ -1,6 +1,7 @@
 //! The harness's counterpart servers: the simulated sender (FHIR API and token endpoint
 //! over fixture data). Everything they serve is journaled by the transport's middleware.
 
+pub mod receiver;
 pub mod sender;
 
 use axum::http::{HeaderValue, StatusCode, header};

@@ -1,0 +1,510 @@
+//! The reference node's sending role: on a control-API call it notifies a receiver about
+//! one of its patients, serves that patient's BgZ and letter to the pull, issues pull
+//! tokens for the authorization base, and cancels by conditional update. Sender-side
+//! fault switches break single rules of what it sends and serves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{NodeState, lock};
+use crate::fhir::bundle::{PageRequest, searchset_page};
+use crate::fhir::catalogue::notified_queries;
+use crate::fhir::media::{FHIR_JSON, PDF, Wanted, negotiate};
+use crate::fhir::outcome::operation_outcome;
+use crate::fhir::search::SearchUrl;
+use crate::fhir::store::{PatientScope, resource_key};
+use crate::node::faults::Fault;
+use crate::protocol::IDENTIFIER_SYSTEM;
+use crate::protocol::notification::{
+    Ident, NotificationSpec, build_cancellation, build_notification, build_workflow_task,
+    new_identifier,
+};
+use crate::protocol::token::{
+    AssertionClaims, GRANT_TYPE, TokenResponse, UnsignedJws, encode_jwt, form_value, opaque_token,
+    parse_form, token_error, token_request_form, unix_now,
+};
+
+/// Matches per page the node serves.
+const PAGE_SIZE: usize = 20;
+const PULL_TOKEN_LIFETIME_S: i64 = 300;
+
+/// Where and to whom the node sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendRequest {
+    /// BSN of one of the node's patients.
+    pub bsn: String,
+    /// The receiver's notification base (accepting `POST Task`).
+    pub notification_base: String,
+    /// The receiver's token endpoint.
+    pub token_url: String,
+    /// The receiving organisation's URA.
+    pub receiver_ura: String,
+    /// `Task.owner.identifier`: the addressed department.
+    pub owner: Option<Ident>,
+    /// Offer the letter as a read input instead of a query.
+    #[serde(default)]
+    pub letter_as_read: bool,
+}
+
+/// What the control API answers to a send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendOutcome {
+    /// `Task.identifier.value` of the notification.
+    pub identifier: String,
+    /// The receiver's HTTP status.
+    pub status: u16,
+}
+
+/// A notification the node sent, and what it makes available.
+#[derive(Debug)]
+pub(super) struct Offer {
+    identifier: Ident,
+    bsn: String,
+    scope: PatientScope,
+    workflow_task: Value,
+    receiver: SendRequest,
+    revoked: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+pub(super) struct SenderState {
+    /// Offers by authorization base.
+    offers: Mutex<HashMap<String, Arc<Offer>>>,
+    /// Pull tokens: token -> (offer, expiry).
+    grants: Mutex<HashMap<String, (Arc<Offer>, i64)>>,
+}
+
+fn fhir(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+}
+
+fn outcome(status: StatusCode, code: &str, diagnostics: &str) -> Response {
+    fhir(status, &operation_outcome("error", code, diagnostics))
+}
+
+fn control_error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+async fn notification_token(state: &NodeState, token_url: &str) -> Result<String, String> {
+    let now = unix_now();
+    let client = AssertionClaims::new(&state.base, token_url, now, 60);
+    let authorization = AssertionClaims::new(&state.config.ura, token_url, now, 60);
+    let form = token_request_form(
+        &encode_jwt(&client, &UnsignedJws),
+        &encode_jwt(&authorization, &UnsignedJws),
+        None,
+    );
+    let response = state
+        .http
+        .post(token_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .map_err(|e| format!("token request to {token_url} failed: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "the receiver's token endpoint answered {}",
+            response.status()
+        ));
+    }
+    let token: TokenResponse = response
+        .json()
+        .await
+        .map_err(|e| format!("the token response is not RFC 6749 JSON: {e}"))?;
+    Ok(token.access_token)
+}
+
+/// `POST /control/send`: notify a receiver about one of the node's patients.
+pub(super) async fn control_send(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
+    let request: SendRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return control_error(
+                StatusCode::BAD_REQUEST,
+                format!("expected a send request: {e}"),
+            );
+        }
+    };
+    let records = &state.config.register;
+    let Some(patient) = records.patient_by_bsn(&request.bsn) else {
+        return control_error(
+            StatusCode::NOT_FOUND,
+            "no patient with that BSN in the node's records".to_owned(),
+        );
+    };
+    let scope = PatientScope {
+        patient_ref: resource_key(patient).unwrap_or_default(),
+        bsn: request.bsn.clone(),
+    };
+    let letter = records
+        .of_type("DocumentReference")
+        .find(|d| d["subject"]["reference"].as_str() == Some(scope.patient_ref.as_str()))
+        .and_then(|d| resource_key(d));
+    let referral = records
+        .of_type("ReferralRequest")
+        .find(|d| d["subject"]["reference"].as_str() == Some(scope.patient_ref.as_str()))
+        .and_then(|d| resource_key(d));
+
+    let now = time::OffsetDateTime::now_utc();
+    let format = &time::format_description::well_known::Rfc3339;
+    let period_end = (now + time::Duration::days(7))
+        .format(format)
+        .unwrap_or_default();
+    let workflow_id = format!("wf-{}", uuid::Uuid::new_v4().simple());
+    let authorization_base = opaque_token("ab");
+    let identifier = new_identifier();
+
+    let mut queries = notified_queries(&request.bsn, Default::default());
+    let mut reads = Vec::new();
+    if request.letter_as_read {
+        queries.retain(|q| q.section != "ReferralLetter");
+        reads.extend(letter.clone());
+    }
+    let spec = NotificationSpec {
+        identifier: identifier.clone(),
+        group_identifier: new_identifier(),
+        workflow_task_id: Some(workflow_id.clone()),
+        bsn: request.bsn.clone(),
+        requester_agent: Ident::new(
+            IDENTIFIER_SYSTEM,
+            &format!("urn:oid:2.999.{}", state.config.ura),
+        ),
+        requester_agent_display: state.config.name.clone(),
+        on_behalf_of: Ident::new(crate::fhir::URA_SYSTEM, &state.config.ura),
+        owner: request.owner.clone(),
+        authored_on: now.format(format).unwrap_or_default(),
+        period_end: period_end.clone(),
+        authorization_base: (!state.has(Fault::NoAuthorizationBase))
+            .then(|| authorization_base.clone()),
+        queries,
+        reads,
+    };
+    let task = build_notification(&spec);
+    let focus = referral.unwrap_or_else(|| "ReferralRequest/unknown".to_owned());
+    let offer = Arc::new(Offer {
+        identifier: identifier.clone(),
+        bsn: request.bsn.clone(),
+        workflow_task: build_workflow_task(&workflow_id, &scope.patient_ref, &focus, &period_end),
+        scope,
+        receiver: request.clone(),
+        revoked: std::sync::atomic::AtomicBool::new(false),
+    });
+    lock(&state.sender.offers).insert(authorization_base, offer);
+
+    let token = match notification_token(&state, &request.token_url).await {
+        Ok(token) => token,
+        Err(e) => return control_error(StatusCode::BAD_GATEWAY, e),
+    };
+    let url = format!("{}/Task", request.notification_base.trim_end_matches('/'));
+    let sent = state
+        .http
+        .post(&url)
+        .bearer_auth(token)
+        .header("content-type", FHIR_JSON)
+        .body(task.to_string())
+        .send()
+        .await;
+    match sent {
+        Ok(response) => Json(SendOutcome {
+            identifier: identifier.value,
+            status: response.status().as_u16(),
+        })
+        .into_response(),
+        Err(e) => control_error(StatusCode::BAD_GATEWAY, format!("POST {url} failed: {e}")),
+    }
+}
+
+/// `POST /control/cancel`: cancel an earlier notification: revoke, then tell the receiver.
+pub(super) async fn control_cancel(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
+    let wanted: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let Some(identifier) = wanted["identifier"].as_str() else {
+        return control_error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"identifier\": \"...\"}".to_owned(),
+        );
+    };
+    let offer = lock(&state.sender.offers)
+        .values()
+        .find(|o| o.identifier.value == identifier)
+        .cloned();
+    let Some(offer) = offer else {
+        return control_error(
+            StatusCode::NOT_FOUND,
+            "no notification with that identifier".to_owned(),
+        );
+    };
+    if !state.has(Fault::ServeAfterCancel) {
+        offer
+            .revoked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let token = match notification_token(&state, &offer.receiver.token_url).await {
+        Ok(token) => token,
+        Err(e) => return control_error(StatusCode::BAD_GATEWAY, e),
+    };
+    let condition = crate::fhir::search::encode(&format!(
+        "{}|{}",
+        offer.identifier.system, offer.identifier.value
+    ));
+    let url = format!(
+        "{}/Task?identifier={condition}",
+        offer.receiver.notification_base.trim_end_matches('/')
+    );
+    let body = build_cancellation(&offer.identifier, &offer.bsn);
+    match state
+        .http
+        .put(&url)
+        .bearer_auth(token)
+        .header("content-type", FHIR_JSON)
+        .body(body.to_string())
+        .send()
+        .await
+    {
+        Ok(response) => Json(SendOutcome {
+            identifier: identifier.to_owned(),
+            status: response.status().as_u16(),
+        })
+        .into_response(),
+        Err(e) => control_error(StatusCode::BAD_GATEWAY, format!("PUT {url} failed: {e}")),
+    }
+}
+
+/// `POST /sender/token`: a pull token for a valid authorization base.
+pub(super) async fn pull_token(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
+    let form = parse_form(&body);
+    let error =
+        |e: &str, d: &str| (StatusCode::BAD_REQUEST, Json(token_error(e, d))).into_response();
+    if form_value(&form, "grant_type") != Some(GRANT_TYPE) {
+        return error(
+            "unsupported_grant_type",
+            "grant_type must be the JWT bearer grant",
+        );
+    }
+    let Some(assertion) = form_value(&form, "client_assertion") else {
+        return error("invalid_client", "client_assertion is missing");
+    };
+    if let Err(e) = state.pull_validator.validate(assertion, unix_now()) {
+        return error("invalid_client", &e.to_string());
+    }
+    let Some(base) = form_value(&form, "authorization_base") else {
+        return error("invalid_grant", "authorization_base is missing");
+    };
+    let offer = lock(&state.sender.offers).get(base).cloned();
+    let Some(offer) = offer else {
+        return error("invalid_grant", "the authorization base is unknown");
+    };
+    if offer.revoked.load(std::sync::atomic::Ordering::SeqCst) {
+        return error("invalid_grant", "the authorization base was revoked");
+    }
+    let access_token = opaque_token("pt");
+    lock(&state.sender.grants).insert(
+        access_token.clone(),
+        (offer, unix_now() + PULL_TOKEN_LIFETIME_S),
+    );
+    Json(TokenResponse {
+        access_token,
+        token_type: "Bearer".to_owned(),
+        expires_in: PULL_TOKEN_LIFETIME_S as u64,
+    })
+    .into_response()
+}
+
+fn authorize(state: &NodeState, headers: &HeaderMap) -> Result<Arc<Offer>, Box<Response>> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let grant = token.and_then(|t| lock(&state.sender.grants).get(t).cloned());
+    let Some((offer, expires)) = grant.filter(|(_, e)| *e >= unix_now()) else {
+        let mut response = outcome(
+            StatusCode::UNAUTHORIZED,
+            "login",
+            "a valid Bearer pull token is required",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+        return Err(Box::new(response));
+    };
+    let _ = expires;
+    if offer.revoked.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Box::new(outcome(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the notification was cancelled",
+        )));
+    }
+    Ok(offer)
+}
+
+fn accept(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())
+}
+
+/// `GET /sender/fhir/{type}`: a search over the offered patient's record.
+pub(super) async fn search(
+    State(state): State<Arc<NodeState>>,
+    Path(rtype): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let offer = match authorize(&state, &headers) {
+        Ok(offer) => offer,
+        Err(response) => return *response,
+    };
+    let relative = match query {
+        Some(q) => format!("{rtype}?{q}"),
+        None => rtype,
+    };
+    serve_search(&state, &offer, &relative, &headers)
+}
+
+fn serve_search(state: &NodeState, offer: &Offer, relative: &str, headers: &HeaderMap) -> Response {
+    if negotiate(accept(headers), false) == Wanted::Unmeetable {
+        return outcome(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-supported",
+            "only FHIR JSON is served",
+        );
+    }
+    let url = match SearchUrl::parse_relative(relative) {
+        Ok(url) => url,
+        Err(e) => return outcome(StatusCode::BAD_REQUEST, "invalid", &e.to_string()),
+    };
+    let records = &state.config.register;
+    let hits = match records.search(&url, &offer.scope) {
+        Ok(hits) => hits,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return outcome(status, "invalid", &e.to_string());
+        }
+    };
+    let base = format!("{}/sender/fhir", state.base);
+    let mut bundle = searchset_page(
+        records,
+        &url,
+        &hits,
+        PageRequest::from_url(&url, PAGE_SIZE),
+        &base,
+    );
+    apply_serving_faults(state, &mut bundle);
+    fhir(StatusCode::OK, &bundle)
+}
+
+/// Breaks the served Bundle the way the switched-on sender faults say.
+fn apply_serving_faults(state: &NodeState, bundle: &mut Value) {
+    let Some(entries) = bundle["entry"].as_array_mut() else {
+        return;
+    };
+    if state.has(Fault::DropIncludes) {
+        entries.retain(|e| e["search"]["mode"] != "include");
+    }
+    for entry in entries.iter_mut() {
+        if state.has(Fault::IncludeAsMatch) && entry["search"]["mode"] == "include" {
+            entry["search"]["mode"] = json!("match");
+        }
+        let resource = &mut entry["resource"];
+        if state.has(Fault::WrongProfile) && resource["resourceType"] == "Condition" {
+            resource["meta"]["profile"] =
+                json!(["http://hl7.org/fhir/StructureDefinition/Condition"]);
+        }
+        if state.has(Fault::OmitDisplay) {
+            strip_reference_displays(resource);
+        }
+    }
+}
+
+fn strip_reference_displays(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map.contains_key("reference") {
+                map.remove("display");
+            }
+            map.values_mut().for_each(strip_reference_displays);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_reference_displays),
+        _ => {}
+    }
+}
+
+/// `GET /sender/fhir/{type}/{id}`: a read, `$lastn`, the workflow Task or the letter.
+pub(super) async fn read(
+    State(state): State<Arc<NodeState>>,
+    Path((rtype, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let offer = match authorize(&state, &headers) {
+        Ok(offer) => offer,
+        Err(response) => return *response,
+    };
+    if id.starts_with('$') {
+        let relative = match query {
+            Some(q) => format!("{rtype}/{id}?{q}"),
+            None => format!("{rtype}/{id}"),
+        };
+        return serve_search(&state, &offer, &relative, &headers);
+    }
+    if rtype == "Task" {
+        return if offer.workflow_task["id"].as_str() == Some(id.as_str()) {
+            fhir(StatusCode::OK, &offer.workflow_task)
+        } else {
+            outcome(StatusCode::NOT_FOUND, "not-found", "no such Task")
+        };
+    }
+    let key = format!("{rtype}/{id}");
+    let records = &state.config.register;
+    let allowed = records.reachable_from_patient(&offer.scope);
+    let Some(resource) = records.get(&key).filter(|_| allowed.contains(&key)) else {
+        return outcome(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("{key} is not available"),
+        );
+    };
+    let is_pdf = rtype == "Binary" && resource["contentType"] == PDF;
+    match negotiate(accept(&headers), is_pdf) {
+        Wanted::FhirJson => fhir(StatusCode::OK, resource),
+        Wanted::Pdf => match STANDARD.decode(resource["content"].as_str().unwrap_or_default()) {
+            Ok(mut bytes) => {
+                if state.has(Fault::TruncatePdf) {
+                    bytes.truncate(bytes.len() / 2);
+                }
+                let mut response = (StatusCode::OK, bytes).into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(PDF));
+                response
+            }
+            Err(_) => outcome(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                "the Binary content is not base64",
+            ),
+        },
+        Wanted::Unmeetable => outcome(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-supported",
+            "Accept allows neither FHIR JSON nor application/pdf",
+        ),
+    }
+}
