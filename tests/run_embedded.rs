@@ -131,7 +131,7 @@ const FAULTS: [(&str, &str, &str, &str); 18] = [
         "repull-on-cancel",
         "cancel-after-pull",
         "pull-stopped",
-        "new pull token(s) after acknowledging the cancellation",
+        "new pull token(s) after the cancellation",
     ),
     (
         "no-authorization-base",

@@ -623,9 +623,11 @@ fn ended_us(exchange: &Exchange) -> u64 {
     exchange.at_us + u64::try_from(exchange.duration.as_micros()).unwrap_or(0)
 }
 
-/// `pull-stopped`: once the target acknowledged the cancellation it asks for no new token,
-/// starts no new pull request after a short grace, and no data reaches it after the
-/// authorization base was revoked (`revoked_at`).
+/// `pull-stopped`: once the cancellation was sent the target asks for no new token; once it
+/// acknowledged it, it starts no new pull request after a short grace; and no data reaches
+/// it after the authorization base was revoked (`revoked_at`). Scenarios cancel only when
+/// no token request can legitimately be under way (after the pull, or while the only one
+/// is held), so a token request after the cancellation is always a new pull.
 pub(crate) fn pull_stopped(
     exchanges: &[Exchange],
     revoked_at: u64,
@@ -652,7 +654,7 @@ pub(crate) fn pull_stopped(
     let new_tokens: Vec<&Exchange> = pulls
         .iter()
         .copied()
-        .filter(|e| e.kind == ExchangeKind::TokenRequest && e.at_us >= acknowledged)
+        .filter(|e| e.kind == ExchangeKind::TokenRequest && e.at_us >= cancellation.at_us)
         .collect();
     let late: Vec<&Exchange> = pulls
         .iter()
@@ -681,7 +683,7 @@ pub(crate) fn pull_stopped(
     let mut problems = Vec::new();
     if !new_tokens.is_empty() {
         problems.push(format!(
-            "the target asked for {} new pull token(s) after acknowledging the cancellation",
+            "the target asked for {} new pull token(s) after the cancellation",
             new_tokens.len()
         ));
     }
