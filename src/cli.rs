@@ -446,6 +446,7 @@ async fn serve_command(
         register,
         faults: faults.iter().copied().collect(),
         listen,
+        queries: target.protocol.query_options(),
     })
     .await
     {

@@ -121,7 +121,10 @@ fn without_inspection_and_answers_confirm_steps_are_not_run_never_passed() {
         &std::fs::read_to_string(dir.path().join("reports/technical-test/results.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(json["totals"]["not_run"], 3, "the three cases with a confirm step");
+    assert_eq!(
+        json["totals"]["not_run"], 3,
+        "the three cases with a confirm step"
+    );
     assert_eq!(json["totals"]["failed"], 0);
 }
 
@@ -151,7 +154,10 @@ fn an_answers_file_answers_confirm_steps_and_a_no_fails_them() {
     )
     .unwrap();
     assert_eq!(json["totals"]["failed"], 1, "only known-patient was denied");
-    assert_eq!(json["totals"]["passed"], 4, "two cancel cases and the two target-sends cases");
+    assert_eq!(
+        json["totals"]["passed"], 4,
+        "two cancel cases and the two target-sends cases"
+    );
 }
 
 #[test]

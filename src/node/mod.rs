@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub register: ResourceStore,
     pub faults: FaultSet,
     pub listen: SocketAddr,
+    /// The catalogue and query forms the node notifies when it sends.
+    pub queries: crate::fhir::catalogue::QueryOptions,
 }
 
 /// One referral as filed in a department's inbox.

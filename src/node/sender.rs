@@ -171,7 +171,7 @@ pub(super) async fn control_send(State(state): State<Arc<NodeState>>, body: Byte
     let authorization_base = opaque_token("ab");
     let identifier = new_identifier();
 
-    let mut queries = notified_queries(&request.bsn, Default::default());
+    let mut queries = notified_queries(&request.bsn, state.config.queries);
     let mut reads = Vec::new();
     if request.letter_as_read {
         queries.retain(|q| q.section != "ReferralLetter");

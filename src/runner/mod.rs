@@ -184,6 +184,7 @@ pub async fn prepare(
                 register,
                 faults: options.node_faults.clone(),
                 listen,
+                queries: target.protocol.query_options(),
             })
             .await
             .map_err(|source| SetupError::Bind {
