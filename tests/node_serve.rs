@@ -79,6 +79,8 @@ fn run(target: &Path, reports: &Path, extra: &[&str]) -> std::process::Output {
             "never",
             "--phase",
             "technical-test",
+            "--tag",
+            "core",
             "--target",
         ])
         .arg(target)
@@ -122,8 +124,8 @@ fn without_inspection_and_answers_confirm_steps_are_not_run_never_passed() {
     )
     .unwrap();
     assert_eq!(
-        json["totals"]["not_run"], 3,
-        "the three cases with a confirm step"
+        json["totals"]["not_run"], 2,
+        "the two core cases with a confirm step"
     );
     assert_eq!(json["totals"]["failed"], 0);
 }
@@ -155,8 +157,8 @@ fn an_answers_file_answers_confirm_steps_and_a_no_fails_them() {
     .unwrap();
     assert_eq!(json["totals"]["failed"], 1, "only known-patient was denied");
     assert_eq!(
-        json["totals"]["passed"], 4,
-        "two cancel cases and the two target-sends cases"
+        json["totals"]["passed"], 3,
+        "cancel-after-pull and the two target-sends cases"
     );
 }
 
@@ -173,6 +175,8 @@ fn confirm_steps_are_asked_at_the_terminal_when_interactive() {
             "never",
             "--phase",
             "technical-test",
+            "--tag",
+            "core",
             "--interactive",
             "always",
             "--target",
@@ -184,12 +188,12 @@ fn confirm_steps_are_asked_at_the_terminal_when_interactive() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // One answer per confirm step: three cases with one confirm step each.
+    // One answer per confirm step: two core cases with one confirm step each.
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(b"y\ny\nyes\n")
+        .write_all(b"y\nyes\n")
         .unwrap();
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

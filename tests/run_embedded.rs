@@ -66,7 +66,7 @@ fn the_clean_reference_node_passes_and_all_three_reports_are_written() {
 
 /// Each fault, the scenario that exposes it, the check it must trip, and a phrase its
 /// message must contain.
-const FAULTS: [(&str, &str, &str, &str); 18] = [
+const FAULTS: [(&str, &str, &str, &str); 27] = [
     (
         "no-location",
         "known-patient",
@@ -174,6 +174,60 @@ const FAULTS: [(&str, &str, &str, &str); 18] = [
         "known-patient-sends",
         "letter-served-intact",
         "raw PDF",
+    ),
+    (
+        "accept-any-token",
+        "probe-notify-without-token",
+        "probe-refused",
+        "accepted the probe",
+    ),
+    (
+        "ignore-audience",
+        "probe-token-wrong-audience",
+        "probe-refused",
+        "accepted the probe",
+    ),
+    (
+        "accept-replayed-assertion",
+        "probe-token-replayed-assertion",
+        "probe-refused",
+        "accepted the probe",
+    ),
+    (
+        "accept-expired-assertion",
+        "probe-token-expired-assertion",
+        "probe-refused",
+        "accepted the probe",
+    ),
+    (
+        "accept-invalid-bsn",
+        "probe-notify-invalid-bsn",
+        "probe-refused",
+        "accepted the probe",
+    ),
+    (
+        "accept-any-owner",
+        "probe-notify-unknown-department",
+        "probe-refused",
+        "accepted the probe",
+    ),
+    (
+        "answer-other-patients",
+        "probe-search-other-patient",
+        "probe-refused",
+        "served data",
+    ),
+    (
+        "serve-any-search",
+        "probe-search-outside-notified-set",
+        "probe-refused",
+        "served data",
+    ),
+    (
+        "serve-unreferenced",
+        "probe-read-unreferenced-binary",
+        "probe-refused",
+        "accepted the probe",
     ),
 ];
 

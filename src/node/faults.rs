@@ -44,11 +44,29 @@ pub enum Fault {
     ServeAfterCancel,
     /// As sender: serves the raw PDF cut in half.
     TruncatePdf,
+    /// As receiver: accepts notifications without a valid token.
+    AcceptAnyToken,
+    /// Both token endpoints: ignore the assertion's audience.
+    IgnoreAudience,
+    /// Both token endpoints: accept a replayed assertion (`jti` seen before).
+    AcceptReplayedAssertion,
+    /// Both token endpoints: accept an expired assertion.
+    AcceptExpiredAssertion,
+    /// As receiver: accepts a BSN that fails the 11-proef.
+    AcceptInvalidBsn,
+    /// As receiver: accepts a notification addressed to a department it does not have.
+    AcceptAnyOwner,
+    /// As sender: answers searches for other patients than the authorized one.
+    AnswerOtherPatients,
+    /// As sender: answers searches that were not notified.
+    ServeAnySearch,
+    /// As sender: serves resources nobody referenced (any id in its records).
+    ServeUnreferenced,
 }
 
 impl Fault {
     /// Every fault, in the order `node faults` lists them.
-    pub const ALL: [Fault; 18] = [
+    pub const ALL: [Fault; 27] = [
         Fault::NoLocation,
         Fault::OmitAuthorizationBase,
         Fault::SkipWorkflowTask,
@@ -67,6 +85,15 @@ impl Fault {
         Fault::OmitDisplay,
         Fault::ServeAfterCancel,
         Fault::TruncatePdf,
+        Fault::AcceptAnyToken,
+        Fault::IgnoreAudience,
+        Fault::AcceptReplayedAssertion,
+        Fault::AcceptExpiredAssertion,
+        Fault::AcceptInvalidBsn,
+        Fault::AcceptAnyOwner,
+        Fault::AnswerOtherPatients,
+        Fault::ServeAnySearch,
+        Fault::ServeUnreferenced,
     ];
 
     /// The name used on the command line.
@@ -90,6 +117,15 @@ impl Fault {
             Fault::OmitDisplay => "omit-display",
             Fault::ServeAfterCancel => "serve-after-cancel",
             Fault::TruncatePdf => "truncate-pdf",
+            Fault::AcceptAnyToken => "accept-any-token",
+            Fault::IgnoreAudience => "ignore-audience",
+            Fault::AcceptReplayedAssertion => "accept-replayed-assertion",
+            Fault::AcceptExpiredAssertion => "accept-expired-assertion",
+            Fault::AcceptInvalidBsn => "accept-invalid-bsn",
+            Fault::AcceptAnyOwner => "accept-any-owner",
+            Fault::AnswerOtherPatients => "answer-other-patients",
+            Fault::ServeAnySearch => "serve-any-search",
+            Fault::ServeUnreferenced => "serve-unreferenced",
         }
     }
 
@@ -118,6 +154,17 @@ impl Fault {
             Fault::OmitDisplay => "as sender, omits Reference.display",
             Fault::ServeAfterCancel => "as sender, keeps serving after cancelling",
             Fault::TruncatePdf => "as sender, serves the raw letter PDF cut in half",
+            Fault::AcceptAnyToken => "as receiver, accepts notifications without a valid token",
+            Fault::IgnoreAudience => "token endpoints ignore the assertion's audience",
+            Fault::AcceptReplayedAssertion => "token endpoints accept a replayed assertion",
+            Fault::AcceptExpiredAssertion => "token endpoints accept an expired assertion",
+            Fault::AcceptInvalidBsn => "as receiver, accepts a BSN that fails the 11-proef",
+            Fault::AcceptAnyOwner => {
+                "as receiver, accepts notifications for departments it does not have"
+            }
+            Fault::AnswerOtherPatients => "as sender, answers searches for other patients",
+            Fault::ServeAnySearch => "as sender, answers searches that were not notified",
+            Fault::ServeUnreferenced => "as sender, serves resources nobody referenced",
         }
     }
 }

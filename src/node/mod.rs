@@ -119,6 +119,24 @@ impl NodeState {
         self.config.faults.contains(&fault)
     }
 
+    /// Validates a client assertion, relaxed by the switched-on token faults.
+    fn check_assertion(
+        &self,
+        validator: &AssertionValidator,
+        assertion: &str,
+    ) -> Result<(), String> {
+        use crate::protocol::token::AssertionError;
+        match validator.validate(assertion, crate::protocol::token::unix_now()) {
+            Ok(_) => Ok(()),
+            Err(AssertionError::Audience { .. }) if self.has(Fault::IgnoreAudience) => Ok(()),
+            Err(AssertionError::Replayed) if self.has(Fault::AcceptReplayedAssertion) => Ok(()),
+            Err(AssertionError::Expired { .. }) if self.has(Fault::AcceptExpiredAssertion) => {
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// True when the referral of this notification was cancelled.
     fn is_cancelled(&self, identifier: &str) -> bool {
         lock(&self.inbox)
@@ -148,7 +166,15 @@ pub struct NodeEndpoints {
 
 impl ReferenceNode {
     /// Starts the node on `config.listen`.
-    pub async fn start(config: NodeConfig) -> std::io::Result<Self> {
+    pub async fn start(mut config: NodeConfig) -> std::io::Result<Self> {
+        // A letter nobody references: reading it must be refused (the
+        // read-unreferenced-binary probe).
+        let _ = config.register.add(serde_json::json!({
+            "resourceType": "Binary",
+            "id": "unreferenced-letter",
+            "contentType": "application/pdf",
+            "content": "JVBERi0xLjQKJSVFT0YK"
+        }));
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         drop(listener);

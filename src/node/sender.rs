@@ -74,6 +74,8 @@ pub(super) struct Offer {
     scope: PatientScope,
     workflow_task: Value,
     receiver: SendRequest,
+    /// The notified searches: a pull token answers only these.
+    notified: Vec<SearchUrl>,
     revoked: std::sync::atomic::AtomicBool,
 }
 
@@ -196,6 +198,11 @@ pub(super) async fn control_send(State(state): State<Arc<NodeState>>, body: Byte
         queries,
         reads,
     };
+    let notified = spec
+        .queries
+        .iter()
+        .filter_map(|q| SearchUrl::parse_relative(&q.query).ok())
+        .collect();
     let task = build_notification(&spec);
     let focus = referral.unwrap_or_else(|| "ReferralRequest/unknown".to_owned());
     let offer = Arc::new(Offer {
@@ -204,6 +211,7 @@ pub(super) async fn control_send(State(state): State<Arc<NodeState>>, body: Byte
         workflow_task: build_workflow_task(&workflow_id, &scope.patient_ref, &focus, &period_end),
         scope,
         receiver: request.clone(),
+        notified,
         revoked: std::sync::atomic::AtomicBool::new(false),
     });
     lock(&state.sender.offers).insert(authorization_base, offer);
@@ -300,8 +308,8 @@ pub(super) async fn pull_token(State(state): State<Arc<NodeState>>, body: Bytes)
     let Some(assertion) = form_value(&form, "client_assertion") else {
         return error("invalid_client", "client_assertion is missing");
     };
-    if let Err(e) = state.pull_validator.validate(assertion, unix_now()) {
-        return error("invalid_client", &e.to_string());
+    if let Err(e) = state.check_assertion(&state.pull_validator, assertion) {
+        return error("invalid_client", &e);
     }
     let Some(base) = form_value(&form, "authorization_base") else {
         return error("invalid_grant", "authorization_base is missing");
@@ -390,8 +398,19 @@ fn serve_search(state: &NodeState, offer: &Offer, relative: &str, headers: &Head
         Ok(url) => url,
         Err(e) => return outcome(StatusCode::BAD_REQUEST, "invalid", &e.to_string()),
     };
+    if !state.has(Fault::ServeAnySearch) && !offer.notified.iter().any(|n| same_shape(n, &url)) {
+        return outcome(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the search is not one of the notified searches",
+        );
+    }
     let records = &state.config.register;
-    let hits = match records.search(&url, &offer.scope) {
+    let scope = match other_patient_scope(state, &url) {
+        Some(scope) if state.has(Fault::AnswerOtherPatients) => scope,
+        _ => offer.scope.clone(),
+    };
+    let hits = match records.search(&url, &scope) {
         Ok(hits) => hits,
         Err(e) => {
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
@@ -408,6 +427,36 @@ fn serve_search(state: &NodeState, offer: &Offer, relative: &str, headers: &Head
     );
     apply_serving_faults(state, &mut bundle);
     fhir(StatusCode::OK, &bundle)
+}
+
+/// True when both are the same search apart from the BSN named in patient parameters (the
+/// patient check is separate) and paging.
+fn same_shape(notified: &SearchUrl, asked: &SearchUrl) -> bool {
+    let blank = |url: &SearchUrl| {
+        let mut url = url.clone();
+        for (name, value) in &mut url.params {
+            if name.ends_with("identifier") {
+                *value = value.split('|').next().unwrap_or_default().to_owned();
+            }
+        }
+        url
+    };
+    blank(notified).same_search(&blank(asked))
+}
+
+/// The scope of the patient a search names by BSN, when that patient is in the records.
+fn other_patient_scope(state: &NodeState, url: &SearchUrl) -> Option<PatientScope> {
+    let bsn = url
+        .params
+        .iter()
+        .find(|(n, _)| n.ends_with("identifier"))
+        .and_then(|(_, v)| v.split_once('|'))
+        .map(|(_, bsn)| bsn.to_owned())?;
+    let patient = state.config.register.patient_by_bsn(&bsn)?;
+    Some(PatientScope {
+        patient_ref: resource_key(patient)?,
+        bsn,
+    })
 }
 
 /// Breaks the served Bundle the way the switched-on sender faults say.
@@ -473,8 +522,9 @@ pub(super) async fn read(
     }
     let key = format!("{rtype}/{id}");
     let records = &state.config.register;
-    let allowed = records.reachable_from_patient(&offer.scope);
-    let Some(resource) = records.get(&key).filter(|_| allowed.contains(&key)) else {
+    let allowed = state.has(Fault::ServeUnreferenced)
+        || records.reachable_from_patient(&offer.scope).contains(&key);
+    let Some(resource) = records.get(&key).filter(|_| allowed) else {
         return outcome(
             StatusCode::NOT_FOUND,
             "not-found",

@@ -29,6 +29,7 @@ use crate::scenario::plan::PlannedCase;
 use crate::sim::sender::Share;
 use crate::transport::Outgoing;
 
+mod probes;
 mod sends;
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -220,6 +221,7 @@ impl CaseRun<'_> {
             Action::Pull => self.pull(step).await,
             Action::AwaitCancellation { within } => self.await_cancellation(step, *within).await,
             Action::PullAfterCancel => self.pull_after_cancel(step).await,
+            Action::Probe(attack) => self.probe(step, *attack).await,
             Action::Wait(duration) => {
                 tokio::time::sleep(*duration).await;
                 step_outcome(step, Verdict::Pass, Vec::new(), None, Vec::new())

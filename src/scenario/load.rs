@@ -243,7 +243,11 @@ pub fn load_scenario(path: &Path) -> Result<Scenario, InputError> {
     for (index, step) in doc.steps.iter().enumerate() {
         let validated = validate_step(&file, &text, index, step)?;
         let kind = validated.action.kind();
-        if kind.direction().is_some_and(|d| d != doc.direction) {
+        let direction = match &validated.action {
+            Action::Probe(attack) => Some(attack.direction()),
+            _ => kind.direction(),
+        };
+        if direction.is_some_and(|d| d != doc.direction) {
             return Err(InputError::at(
                 &file,
                 &text,
@@ -334,6 +338,9 @@ fn validate_step(
     if doc.pull_after_cancel.is_some() {
         actions.push(Action::PullAfterCancel);
     }
+    if let Some(args) = &doc.probe {
+        actions.push(Action::Probe(args.attack));
+    }
     if let Some(wait) = &doc.wait {
         let duration =
             parse_duration(&wait.value).map_err(|m| InputError::at(file, text, wait, m))?;
@@ -347,7 +354,7 @@ fn validate_step(
                 file,
                 text,
                 spanned,
-                "a step needs one action: notify, await-pull, cancel, confirm, trigger, await-notification, pull, await-cancellation, pull-after-cancel or wait",
+                "a step needs one action: notify, await-pull, cancel, confirm, trigger, await-notification, pull, await-cancellation, pull-after-cancel, probe or wait",
             ));
         }
         _ => {

@@ -59,6 +59,7 @@ pub struct StepDoc {
     pub pull: Option<PullArgs>,
     pub await_cancellation: Option<WithinArgs>,
     pub pull_after_cancel: Option<PullArgs>,
+    pub probe: Option<ProbeArgs>,
     pub wait: Option<Spanned<String>>,
     #[serde(default)]
     pub checks: Vec<Spanned<CheckId>>,
@@ -122,6 +123,63 @@ pub struct TriggerArgs {
 pub struct WithinArgs {
     #[serde(default)]
     pub within: Option<Spanned<String>>,
+}
+
+/// A negative security request: the target must refuse it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeAttack {
+    /// Notify without an access token.
+    NotifyWithoutToken,
+    /// Notify with a token the target never issued.
+    NotifyWithInvalidToken,
+    /// Ask the target's token endpoint with an assertion for another audience.
+    TokenWrongAudience,
+    /// Ask the target's token endpoint twice with the same assertion (`jti`).
+    TokenReplayedAssertion,
+    /// Ask the target's token endpoint with an assertion that expired 180 s ago.
+    TokenExpiredAssertion,
+    /// Notify about a BSN that fails the 11-proef.
+    NotifyInvalidBsn,
+    /// Notify a department the target does not have.
+    NotifyUnknownDepartment,
+    /// Search the target's BgZ without a token.
+    SearchWithoutToken,
+    /// Search with a token the target never issued.
+    SearchWithInvalidToken,
+    /// Search for another patient's BSN with the pull token.
+    SearchOtherPatient,
+    /// Run a search the notification did not offer.
+    SearchOutsideNotifiedSet,
+    /// Read a Binary no offered resource references.
+    ReadUnreferencedBinary,
+    /// Ask for a pull token with an assertion for another audience.
+    PullTokenWrongAudience,
+    /// Ask for a pull token twice with the same assertion.
+    PullTokenReplayedAssertion,
+}
+
+impl ProbeAttack {
+    /// The direction whose target the attack is aimed at.
+    pub fn direction(self) -> Direction {
+        match self {
+            ProbeAttack::NotifyWithoutToken
+            | ProbeAttack::NotifyWithInvalidToken
+            | ProbeAttack::TokenWrongAudience
+            | ProbeAttack::TokenReplayedAssertion
+            | ProbeAttack::TokenExpiredAssertion
+            | ProbeAttack::NotifyInvalidBsn
+            | ProbeAttack::NotifyUnknownDepartment => Direction::TargetReceives,
+            _ => Direction::TargetSends,
+        }
+    }
+}
+
+/// Arguments of `probe`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ProbeArgs {
+    pub attack: ProbeAttack,
 }
 
 /// Arguments of `pull` and `pull-after-cancel` (none yet).
@@ -224,6 +282,8 @@ pub enum CheckId {
     CancellationValid,
     /// After cancelling, the target refuses new tokens and earlier ones.
     PullRefusedAfterCancel,
+    /// The target refused the probe as protocol.md says (status and OperationOutcome).
+    ProbeRefused,
 }
 
 impl CheckId {
@@ -246,6 +306,7 @@ impl CheckId {
             CheckId::LetterServedIntact => "letter-served-intact",
             CheckId::CancellationValid => "cancellation-valid",
             CheckId::PullRefusedAfterCancel => "pull-refused-after-cancel",
+            CheckId::ProbeRefused => "probe-refused",
         }
     }
 
@@ -262,6 +323,7 @@ impl CheckId {
             | CheckId::LetterServedIntact => StepKind::Pull,
             CheckId::CancellationValid => StepKind::AwaitCancellation,
             CheckId::PullRefusedAfterCancel => StepKind::PullAfterCancel,
+            CheckId::ProbeRefused => StepKind::Probe,
             _ => StepKind::AwaitPull,
         }
     }
@@ -280,6 +342,7 @@ pub enum StepKind {
     Pull,
     AwaitCancellation,
     PullAfterCancel,
+    Probe,
     Wait,
 }
 
@@ -295,7 +358,7 @@ impl StepKind {
             | StepKind::Pull
             | StepKind::AwaitCancellation
             | StepKind::PullAfterCancel => Some(Direction::TargetSends),
-            StepKind::Confirm | StepKind::Wait => None,
+            StepKind::Confirm | StepKind::Wait | StepKind::Probe => None,
         }
     }
 
@@ -311,6 +374,7 @@ impl StepKind {
             StepKind::Pull => "pull",
             StepKind::AwaitCancellation => "await-cancellation",
             StepKind::PullAfterCancel => "pull-after-cancel",
+            StepKind::Probe => "probe",
             StepKind::Wait => "wait",
         }
     }
@@ -353,6 +417,7 @@ pub enum Action {
         within: Duration,
     },
     PullAfterCancel,
+    Probe(ProbeAttack),
     Wait(Duration),
 }
 
@@ -378,6 +443,7 @@ impl Action {
             Action::Pull => StepKind::Pull,
             Action::AwaitCancellation { .. } => StepKind::AwaitCancellation,
             Action::PullAfterCancel => StepKind::PullAfterCancel,
+            Action::Probe(_) => StepKind::Probe,
             Action::Wait(_) => StepKind::Wait,
         }
     }
