@@ -339,7 +339,11 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
 
     let info = RunInfo {
         harness_version: env!("CARGO_PKG_VERSION").to_owned(),
-        target: format!("{} ({})", target.name, target.file),
+        target: if target.file == "(embedded)" {
+            target.name.clone()
+        } else {
+            format!("{} ({})", target.name, target.file)
+        },
         started_at: time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),

@@ -106,10 +106,20 @@ impl Redactor {
         known.labels.insert(value.to_owned(), label);
     }
 
-    /// Learns every sensitive value a FHIR resource or a JSON answer holds.
+    /// Learns every sensitive value a FHIR resource or a JSON answer holds: BSNs and secrets
+    /// anywhere, names, birth dates, addresses and telecoms of patients (and their related
+    /// persons) only, so that a GP practice named after its street stays readable.
     pub fn learn_json(&self, value: &Value) {
+        self.learn_within(value, false);
+    }
+
+    fn learn_within(&self, value: &Value, patient_context: bool) {
         match value {
             Value::Object(map) => {
+                let patient_context = match map.get("resourceType").and_then(Value::as_str) {
+                    Some(rtype) => matches!(rtype, "Patient" | "RelatedPerson"),
+                    None => patient_context,
+                };
                 if is_bsn_identifier(map)
                     && let Some(v) = map.get("value").and_then(Value::as_str)
                 {
@@ -117,17 +127,18 @@ impl Redactor {
                 }
                 for (key, child) in map {
                     match key.as_str() {
-                        "birthDate" => {
+                        "birthDate" if patient_context => {
                             if let Some(date) = child.as_str() {
                                 self.learn(Sensitive::BirthDate, date);
                                 self.learn(Sensitive::BirthDate, &date.replace('-', ""));
                             }
                         }
-                        "name" if is_human_name_list(child) => {
+                        "name" if patient_context && is_human_name_list(child) => {
                             self.learn_strings(Sensitive::Name, child)
                         }
-                        "address" => self.learn_strings(Sensitive::Address, child),
-                        "telecom" => self.learn_strings(Sensitive::Address, child),
+                        "address" | "telecom" if patient_context => {
+                            self.learn_strings(Sensitive::Address, child)
+                        }
                         k if SECRET_KEYS.contains(&k) => {
                             if let Some(s) = child.as_str() {
                                 self.learn(Sensitive::Token, s);
@@ -138,10 +149,12 @@ impl Redactor {
                     if key == "input" {
                         self.learn_authorization_bases(child);
                     }
-                    self.learn_json(child);
+                    self.learn_within(child, patient_context);
                 }
             }
-            Value::Array(items) => items.iter().for_each(|i| self.learn_json(i)),
+            Value::Array(items) => items
+                .iter()
+                .for_each(|i| self.learn_within(i, patient_context)),
             _ => {}
         }
     }
@@ -161,9 +174,17 @@ impl Redactor {
         match value {
             Value::String(s) => {
                 self.learn(kind, s);
-                // Also each word, so "Jansen" is caught inside other texts.
+                // Also each word, so "Jansen" is caught inside other texts. Short numbers
+                // (house numbers, postcode digits) are left out: they would cut through
+                // codes such as SNOMED ids; the whole address is still learned.
                 for word in s.split_whitespace() {
-                    self.learn(kind, word.trim_matches(|c: char| !c.is_alphanumeric()));
+                    let word = word.trim_matches(|c: char| !c.is_alphanumeric());
+                    // Single short words are prefixes such as "van" or "der" or house
+                    // numbers: they would cut through ordinary text and codes.
+                    let short_number = word.len() < 6 && word.chars().all(|c| c.is_ascii_digit());
+                    if !short_number && word.chars().count() >= 4 {
+                        self.learn(kind, word);
+                    }
                 }
             }
             Value::Array(items) => items.iter().for_each(|i| self.learn_strings(kind, i)),
@@ -452,6 +473,31 @@ mod tests {
             redactor.header("Authorization", "Bearer xyz"),
             "Bearer [token]"
         );
+    }
+
+    #[test]
+    fn house_numbers_do_not_cut_through_codes() {
+        let redactor = Redactor::new();
+        redactor.learn_json(&json!({"resourceType":"Patient","address":[{"line":["Dorpsstraat 1000"],"postalCode":"1234 AB"}]}));
+        assert_eq!(
+            redactor.text("http://snomed.info/sct|11291000146105"),
+            "http://snomed.info/sct|11291000146105"
+        );
+        assert!(!redactor.text("Dorpsstraat 1000").contains("Dorpsstraat"));
+    }
+
+    #[test]
+    fn name_prefixes_and_other_peoples_addresses_stay_readable() {
+        let redactor = Redactor::new();
+        redactor.learn_json(&json!({"resourceType":"Patient","name":[{"family":"van Lindeboom"}]}));
+        redactor.learn_json(
+            &json!({"resourceType":"Organization","address":[{"line":["Wilgenhoek 2"]}]}),
+        );
+        assert_eq!(
+            redactor.text("AdvanceDirective at Wilgenhoek"),
+            "AdvanceDirective at Wilgenhoek"
+        );
+        assert!(!redactor.text("Mr van Lindeboom").contains("Lindeboom"));
     }
 
     #[test]

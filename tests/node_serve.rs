@@ -189,12 +189,7 @@ fn confirm_steps_are_asked_at_the_terminal_when_interactive() {
         .spawn()
         .unwrap();
     // One answer per confirm step: two core cases with one confirm step each.
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"y\nyes\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"y\nyes\n").unwrap();
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("confirm ["), "{stderr}");
