@@ -67,6 +67,13 @@ enum Command {
         /// Files to check; phase files live in a `phases` folder, targets in `targets`.
         files: Vec<PathBuf>,
     },
+    /// Run the content checks (protocol.md §2 and §6) on FHIR JSON files: resources,
+    /// searchset Bundles, or Notification Tasks.
+    Check {
+        /// FHIR JSON files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// The reference node as a standalone server, and its fault switches.
     Node {
         #[command(subcommand)]
@@ -97,8 +104,8 @@ struct PlanArgs {
 struct RunArgs {
     #[command(flatten)]
     plan: PlanArgs,
-    /// Cases run at the same time.
-    #[arg(long, default_value_t = 4)]
+    /// Cases run at the same time (most time is spent waiting on the target).
+    #[arg(long, default_value_t = 16)]
     jobs: usize,
     /// Where the per-phase reports go.
     #[arg(long, default_value = "reports")]
@@ -187,6 +194,7 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Run(args) => run_command(&cli.root, args).await,
         Command::List(args) => list_command(&cli.root, &args),
         Command::Validate { files } => validate_command(&cli.root, &files),
+        Command::Check { files } => check_command(&files),
         Command::Node {
             command: NodeCommand::Faults { verbose },
         } => {
@@ -291,6 +299,95 @@ fn validate_command(root: &Path, files: &[PathBuf]) -> u8 {
     } else {
         report_input_errors(&errors)
     }
+}
+
+fn check_command(files: &[PathBuf]) -> u8 {
+    use crate::fhir::conformance::{SearchContext, Severity, check_resource, check_searchset};
+    let mut worst = EXIT_PASS;
+    for file in files {
+        let shown = file.display();
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                tell!("error: {shown}: failed to read: {e}");
+                worst = EXIT_INPUT;
+                continue;
+            }
+        };
+        let value: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(value) => value,
+            Err(e) => {
+                tell!("error: {shown}:{}:{}: not JSON: {e}", e.line(), e.column());
+                worst = EXIT_INPUT;
+                continue;
+            }
+        };
+        let mut problems: Vec<(Severity, String)> = Vec::new();
+        let is_notification = value["resourceType"] == "Task"
+            && value["code"]["coding"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["code"] == "pull-notification");
+        if is_notification {
+            if let Err(found) = crate::protocol::notification::read_notification(&value) {
+                problems.extend(
+                    found
+                        .into_iter()
+                        .map(|p| (Severity::Error, format!("notification: {p}"))),
+                );
+            }
+        } else if value["resourceType"] == "Bundle" && value["type"] == "searchset" {
+            let searched = value["entry"][0]["resource"]["resourceType"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned();
+            let context = SearchContext {
+                resource_type: &searched,
+                match_profiles: &[],
+            };
+            problems.extend(check_searchset(&value, &context).into_iter().map(|f| {
+                (
+                    f.severity,
+                    format!("{} at {}: {}", f.rule, f.location, f.message),
+                )
+            }));
+        } else if value["resourceType"] == "Bundle" {
+            for entry in value["entry"].as_array().into_iter().flatten() {
+                problems.extend(check_resource(&entry["resource"]).into_iter().map(|f| {
+                    (
+                        f.severity,
+                        format!("{} at {}: {}", f.rule, f.location, f.message),
+                    )
+                }));
+            }
+        } else {
+            problems.extend(check_resource(&value).into_iter().map(|f| {
+                (
+                    f.severity,
+                    format!("{} at {}: {}", f.rule, f.location, f.message),
+                )
+            }));
+        }
+        let errors = problems
+            .iter()
+            .filter(|(s, _)| *s == Severity::Error)
+            .count();
+        for (severity, problem) in &problems {
+            let label = if *severity == Severity::Error {
+                "error"
+            } else {
+                "warning"
+            };
+            say!("{shown}: {label}: {problem}");
+        }
+        if errors == 0 {
+            say!("ok {shown} ({} warning(s))", problems.len());
+        } else if worst == EXIT_PASS {
+            worst = EXIT_FAIL;
+        }
+    }
+    worst
 }
 
 async fn run_command(root: &Path, args: RunArgs) -> u8 {

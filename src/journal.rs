@@ -166,10 +166,18 @@ pub struct Exchange {
 pub struct Journal {
     started: std::time::Instant,
     next_id: AtomicU64,
-    exchanges: Mutex<Vec<Exchange>>,
+    exchanges: Mutex<Recorded>,
     changed: Notify,
     /// When the last recorded exchange ended, in µs since the start.
     last_activity_us: AtomicU64,
+}
+
+/// The exchanges, with an index per case so a case never scans the whole run.
+#[derive(Debug, Default)]
+struct Recorded {
+    all: Vec<Exchange>,
+    by_case: std::collections::HashMap<String, Vec<usize>>,
+    unattributed: Vec<usize>,
 }
 
 impl Default for Journal {
@@ -184,7 +192,7 @@ impl Journal {
         Self {
             started: std::time::Instant::now(),
             next_id: AtomicU64::new(1),
-            exchanges: Mutex::new(Vec::new()),
+            exchanges: Mutex::new(Recorded::default()),
             changed: Notify::new(),
             last_activity_us: AtomicU64::new(0),
         }
@@ -204,16 +212,31 @@ impl Journal {
     pub fn record(&self, exchange: Exchange) {
         let ended = exchange.at_us + u64::try_from(exchange.duration.as_micros()).unwrap_or(0);
         self.last_activity_us.fetch_max(ended, Ordering::Relaxed);
-        self.lock().push(exchange);
+        {
+            let mut recorded = self.lock();
+            let index = recorded.all.len();
+            match &exchange.case_id {
+                Some(case) => recorded
+                    .by_case
+                    .entry(case.clone())
+                    .or_default()
+                    .push(index),
+                None => recorded.unattributed.push(index),
+            }
+            recorded.all.push(exchange);
+        }
         self.changed.notify_waiters();
     }
 
     /// A copy of the exchanges of one case, in recording order.
     pub fn for_case(&self, case_id: &str) -> Vec<Exchange> {
-        self.lock()
-            .iter()
-            .filter(|e| e.case_id.as_deref() == Some(case_id))
-            .cloned()
+        let recorded = self.lock();
+        recorded
+            .by_case
+            .get(case_id)
+            .into_iter()
+            .flatten()
+            .map(|&i| recorded.all[i].clone())
             .collect()
     }
 
@@ -225,24 +248,29 @@ impl Journal {
     /// Exchanges of no case (for example a token request with an unknown authorization
     /// base) recorded at or after `since_us`.
     pub fn unattributed_since(&self, since_us: u64) -> Vec<Exchange> {
-        self.lock()
+        let recorded = self.lock();
+        recorded
+            .unattributed
             .iter()
-            .filter(|e| e.case_id.is_none() && e.at_us >= since_us)
+            .map(|&i| &recorded.all[i])
+            .filter(|e| e.at_us >= since_us)
             .cloned()
             .collect()
     }
 
     /// A copy of every exchange.
     pub fn all(&self) -> Vec<Exchange> {
-        self.lock().clone()
+        self.lock().all.clone()
     }
 
     /// How many exchanges belong to the case.
     pub fn count_for_case(&self, case_id: &str) -> usize {
-        self.lock()
-            .iter()
-            .filter(|e| e.case_id.as_deref() == Some(case_id))
-            .count()
+        self.lock().by_case.get(case_id).map_or(0, Vec::len)
+    }
+
+    /// How many exchanges no case claimed.
+    pub fn count_unattributed(&self) -> usize {
+        self.lock().unattributed.len()
     }
 
     /// Waits until something is recorded or `timeout` passes.
@@ -250,7 +278,7 @@ impl Journal {
         let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Exchange>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recorded> {
         // A panic while holding the lock cannot leave the Vec half-written, so the data is
         // still usable after poisoning.
         self.exchanges.lock().unwrap_or_else(|e| e.into_inner())

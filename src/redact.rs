@@ -52,6 +52,34 @@ struct Known {
     /// value -> label
     labels: BTreeMap<String, String>,
     counters: BTreeMap<Sensitive, usize>,
+    /// One automaton over every known value and its percent-encoded form, rebuilt only
+    /// after something new was learned; with it a text is scanned once, whatever the
+    /// number of known values.
+    matcher: Option<(aho_corasick::AhoCorasick, Vec<String>)>,
+}
+
+impl Known {
+    fn matcher(&mut self) -> Option<&(aho_corasick::AhoCorasick, Vec<String>)> {
+        if self.matcher.is_none() && !self.labels.is_empty() {
+            let mut patterns = Vec::new();
+            let mut labels = Vec::new();
+            for (value, label) in &self.labels {
+                let encoded = crate::fhir::search::encode(value);
+                if encoded != *value {
+                    patterns.push(encoded);
+                    labels.push(label.clone());
+                }
+                patterns.push(value.clone());
+                labels.push(label.clone());
+            }
+            let built = aho_corasick::AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                .build(&patterns)
+                .ok()?;
+            self.matcher = Some((built, labels));
+        }
+        self.matcher.as_ref()
+    }
 }
 
 /// Replaces sensitive values with labels.
@@ -104,6 +132,7 @@ impl Redactor {
         *counter += 1;
         let label = format!("[{}-{}]", kind.label(), counter);
         known.labels.insert(value.to_owned(), label);
+        known.matcher = None;
     }
 
     /// Learns every sensitive value a FHIR resource or a JSON answer holds: BSNs and secrets
@@ -218,21 +247,13 @@ impl Redactor {
         if !self.enabled {
             return text.to_owned();
         }
-        let mut out = text.to_owned();
-        {
-            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            let mut values: Vec<(&String, &String)> = known.labels.iter().collect();
-            values.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
-            for (value, label) in values {
-                if out.contains(value.as_str()) {
-                    out = out.replace(value.as_str(), label);
-                }
-                let encoded = crate::fhir::search::encode(value);
-                if encoded != *value && out.contains(&encoded) {
-                    out = out.replace(&encoded, label);
-                }
+        let out = {
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            match known.matcher() {
+                Some((matcher, labels)) => matcher.replace_all(text, labels),
+                None => text.to_owned(),
             }
-        }
+        };
         redact_bearer(&redact_jwts(&redact_bsn_like(&out)))
     }
 

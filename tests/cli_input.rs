@@ -93,3 +93,35 @@ fn node_faults_lists_one_name_per_line() {
     assert!(stdout.lines().count() >= 9);
     assert!(stdout.lines().all(|l| !l.contains(' ')));
 }
+
+#[test]
+fn check_passes_the_fixtures_and_names_each_broken_rule() {
+    harness()
+        .args(["check", "fixtures/patients/known/bgz.json"])
+        .assert()
+        .code(0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("condition.json");
+    std::fs::write(&path, r#"{"resourceType":"Condition","id":"x","subject":{"reference":"Patient/1"},"code":{"coding":[{"code":"1"}]}}"#).unwrap();
+    let output = harness().arg("check").arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    for rule in [
+        "meta-profile",
+        "reference-display",
+        "coding-system-code",
+        "codeableconcept-display",
+    ] {
+        assert!(stdout.contains(rule), "{rule} missing in {stdout}");
+    }
+
+    std::fs::write(&path, "{ not json").unwrap();
+    let output = harness().arg("check").arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .contains("condition.json:1:")
+    );
+}

@@ -300,8 +300,19 @@ async fn cancellation(
     fhir(status, &task)
 }
 
-async fn inbox(State(state): State<Arc<NodeState>>) -> Response {
-    let entries = lock(&state.inbox).clone();
+/// `GET /inspect/inbox[?notification=value]`: the inbox, or one notification's entry.
+async fn inbox(State(state): State<Arc<NodeState>>, RawQuery(query): RawQuery) -> Response {
+    let params =
+        crate::fhir::search::parse_query(query.as_deref().unwrap_or_default()).unwrap_or_default();
+    let wanted = params
+        .iter()
+        .find(|(n, _)| n == "notification")
+        .map(|(_, v)| v.clone());
+    let entries: Vec<InboxEntry> = lock(&state.inbox)
+        .iter()
+        .filter(|e| wanted.as_ref().is_none_or(|w| &e.notification == w))
+        .cloned()
+        .collect();
     Json(json!({ "entries": entries })).into_response()
 }
 

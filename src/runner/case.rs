@@ -36,6 +36,9 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How long a case must be without new exchanges before await-pull judges it.
+const SETTLE: Duration = Duration::from_millis(100);
+
 /// Longest a cancel step waits for the target to ask for a held token.
 const HELD_TOKEN_WAIT: Duration = Duration::from_secs(10);
 
@@ -439,35 +442,50 @@ impl CaseRun<'_> {
         let fhir_base = self.ctx.sender.fhir_base();
 
         // Wait until every listed wire check passes, the target falls quiet, or time is up.
+        // Judge only once the case has settled for a moment: judging parses every body, and
+        // doing it on every arrival costs more than the exchanges themselves.
+        let mut seen = (usize::MAX, usize::MAX);
+        let mut judged = seen;
+        let mut last_change = Instant::now();
         loop {
-            let exchanges = journal.for_case(&case_id);
-            let unattributed = journal.unattributed_since(sent.at_us);
-            let evidence = Evidence {
-                exchanges: &exchanges,
-                unattributed: &unattributed,
-                sent: &sent,
-                fhir_base: &fhir_base,
-                letter: self.fixture.letter.as_ref(),
-                inbox: None,
-                inbox_exchange: None,
-            };
-            let all_pass = step
-                .checks
-                .iter()
-                .all(|c| checks::evaluate(*c, &evidence).verdict == Verdict::Pass);
-            let now_us = journal.now_us();
-            let silent_for = now_us.saturating_sub(journal.last_activity_us().max(sent.at_us));
-            let pulled_something = exchanges.len() > 2 || !unattributed.is_empty();
-            if all_pass
-                || Instant::now() >= deadline
-                || (pulled_something && silent_for >= micros(quiet))
-            {
+            let counts = (
+                journal.count_for_case(&case_id),
+                journal.count_unattributed(),
+            );
+            if counts != seen {
+                seen = counts;
+                last_change = Instant::now();
+            }
+            if seen != judged && last_change.elapsed() >= SETTLE {
+                judged = seen;
+                let exchanges = journal.for_case(&case_id);
+                let unattributed = journal.unattributed_since(sent.at_us);
+                let evidence = Evidence {
+                    exchanges: &exchanges,
+                    unattributed: &unattributed,
+                    sent: &sent,
+                    fhir_base: &fhir_base,
+                    letter: self.fixture.letter.as_ref(),
+                    inbox: None,
+                    inbox_exchange: None,
+                };
+                let all_pass = step
+                    .checks
+                    .iter()
+                    .all(|c| checks::evaluate(*c, &evidence).verdict == Verdict::Pass);
+                if all_pass {
+                    break;
+                }
+            }
+            let silent_for = journal
+                .now_us()
+                .saturating_sub(journal.last_activity_us().max(sent.at_us));
+            let pulled_something = seen.0 > 2 || !journal.unattributed_since(sent.at_us).is_empty();
+            if Instant::now() >= deadline || (pulled_something && silent_for >= micros(quiet)) {
                 break;
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
-            journal
-                .wait_for_change(remaining.min(Duration::from_millis(200)))
-                .await;
+            journal.wait_for_change(remaining.min(SETTLE)).await;
         }
 
         let inbox = self.inspect_inbox(&sent, deadline).await;
@@ -598,8 +616,12 @@ impl CaseRun<'_> {
         let inspect = self.ctx.endpoints.inspect_url.as_ref()?;
         let deadline = deadline.max(Instant::now() + Duration::from_secs(2));
         loop {
-            let request = Outgoing::get(format!("{inspect}/inbox"), ExchangeKind::Inspection)
-                .for_case(self.case_id());
+            let filter = crate::fhir::search::encode(&sent.identifier.value);
+            let request = Outgoing::get(
+                format!("{inspect}/inbox?notification={filter}"),
+                ExchangeKind::Inspection,
+            )
+            .for_case(self.case_id());
             let exchange = self.ctx.inspector.send(request).await.ok()?;
             let body: Value = exchange.response.as_ref().and_then(|r| r.body.json())?;
             let entry = body["entries"]
