@@ -487,7 +487,7 @@ mod tests {
             .to_string();
         assert!(
             error.contains(
-                ":9:15: the check `letter-retrieved-intact` belongs to a `await-pull` step"
+                ":9:14: the check `letter-retrieved-intact` belongs to a `await-pull` step"
             ),
             "{error}"
         );
@@ -522,7 +522,7 @@ mod tests {
         let error = load_scenario(&write(&dir, "d.yaml", &text))
             .unwrap_err()
             .to_string();
-        assert!(error.contains(":10:29: expected a duration"), "{error}");
+        assert!(error.contains(":10:27: expected a duration"), "{error}");
         let error = load_scenario(&write(&dir, "y.yaml", "id: [\n"))
             .unwrap_err()
             .to_string();
