@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::node::faults::{Fault, FaultSet};
 use crate::node::{NodeConfig, ReferenceNode};
+use crate::pki::{Organisation, PkiFiles, PkiSpec};
 use crate::report::console::{Console, ProgressMode};
 use crate::report::{Collector, RunInfo};
 use crate::runner::outcome::{RunEvent, Verdict};
@@ -18,6 +19,7 @@ use crate::scenario::InputError;
 use crate::scenario::load::{FileKind, file_kind, load_phase, load_scenario};
 use crate::scenario::plan::{Filters, Plan, Suite};
 use crate::scenario::target::Target;
+use crate::transport::{ServerVerification, TlsSettings};
 
 /// Exit code when every case passed.
 const EXIT_PASS: u8 = 0;
@@ -55,6 +57,16 @@ enum Command {
     Node {
         #[command(subcommand)]
         command: NodeCommand,
+    },
+    /// Generate a test PKI (root and issuing CA, server and client certificates, CRLs, and
+    /// revoked, expired and foreign client certificates) as PEM files.
+    Certs {
+        /// The folder to write into; created when missing, never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+        /// Take the node certificates' organisation and URA from this target file.
+        #[arg(long)]
+        target: Option<PathBuf>,
     },
 }
 
@@ -115,6 +127,11 @@ enum NodeCommand {
         /// Target file describing the node's organisation, departments and known patients.
         #[arg(long)]
         target: Option<PathBuf>,
+        /// Test PKI folder (from `bgz-harness certs`); generated there when missing. The
+        /// node serves with node-server.pem, connects with node-client.pem and trusts
+        /// root-ca.pem.
+        #[arg(long, default_value = "pki")]
+        certs: PathBuf,
     },
     /// List the fault switches, one name per line.
     Faults {
@@ -174,8 +191,10 @@ async fn dispatch(cli: Cli) -> u8 {
                     listen,
                     faults,
                     target,
+                    certs,
                 },
-        } => serve_command(&cli.root, listen, faults, target).await,
+        } => serve_command(&cli.root, listen, faults, target, &certs).await,
+        Command::Certs { out, target } => certs_command(&out, target.as_deref()),
     }
 }
 
@@ -283,6 +302,7 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
         fail_fast: args.fail_fast,
         node_faults,
         unredacted: args.unredacted,
+        server_verification: ServerVerification::Verify,
     };
     let handle = match prepare(&plan, &target, root, &options).await {
         Ok(handle) => handle,
@@ -369,15 +389,67 @@ async fn shutdown_signal() {
     }
 }
 
+fn organisation_of(target: &Target) -> Organisation {
+    Organisation {
+        name: target.organisation_name.clone(),
+        ura: target.ura.clone(),
+    }
+}
+
+fn certs_command(out: &Path, target: Option<&Path>) -> u8 {
+    let mut spec = PkiSpec::default();
+    if let Some(path) = target {
+        match Target::load(path) {
+            Ok(target) => spec.node = organisation_of(&target),
+            Err(e) => return report_input_errors(&[e]),
+        }
+    }
+    match crate::pki::generate(&spec, out) {
+        Ok(files) => {
+            println!(
+                "test PKI written to {} (see README.txt)",
+                files.dir.display()
+            );
+            EXIT_PASS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_INPUT
+        }
+    }
+}
+
+/// The node's TLS settings from the PKI in `dir`, generating one there when it is missing.
+fn node_tls(dir: &Path, target: &Target) -> Result<TlsSettings, String> {
+    let files = PkiFiles::at(dir);
+    if !files.is_complete() {
+        let spec = PkiSpec {
+            node: organisation_of(target),
+            ..PkiSpec::default()
+        };
+        crate::pki::generate(&spec, dir).map_err(|e| e.to_string())?;
+        println!("generated a test PKI in {} (see README.txt)", dir.display());
+    }
+    TlsSettings::load(&files.node_tls(), ServerVerification::Verify).map_err(|e| e.to_string())
+}
+
 async fn serve_command(
     root: &Path,
     listen: SocketAddr,
     faults: Vec<Fault>,
     target: Option<PathBuf>,
+    certs: &Path,
 ) -> u8 {
     let target = match load_target(target.as_deref()) {
         Ok(target) => target,
         Err(e) => return report_input_errors(&[e]),
+    };
+    let tls = match node_tls(&root.join(certs), &target) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INPUT;
+        }
     };
     let mut register = crate::fhir::store::ResourceStore::default();
     for key in &target.known_patients {
@@ -400,6 +472,7 @@ async fn serve_command(
         register,
         faults: faults.iter().copied().collect(),
         listen,
+        tls,
     })
     .await
     {

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::fhir::store::ResourceStore;
 use crate::protocol::notification::Ident;
-use crate::protocol::token::AssertionValidator;
-use crate::transport::PlainServer;
+use crate::protocol::token::{AssertionValidator, CertificateSigner};
+use crate::transport::{ClientSettings, PlainServer, TlsSettings, http_client};
 use faults::{Fault, FaultSet};
 
 /// A department (HealthcareService) of an organisation.
@@ -50,6 +50,9 @@ pub struct NodeConfig {
     pub register: ResourceStore,
     pub faults: FaultSet,
     pub listen: SocketAddr,
+    /// The node's server and client certificates and the CA it trusts: it serves HTTPS,
+    /// requires client certificates, and signs its client assertions with its client key.
+    pub tls: TlsSettings,
 }
 
 /// One referral as filed in a department's inbox.
@@ -93,6 +96,7 @@ pub(crate) struct NodeState {
     inbox: Mutex<Vec<InboxEntry>>,
     tokens: Mutex<HashMap<String, i64>>,
     validator: AssertionValidator,
+    signer: CertificateSigner,
     http: reqwest::Client,
 }
 
@@ -118,20 +122,24 @@ pub struct NodeEndpoints {
 }
 
 impl ReferenceNode {
-    /// Starts the node on `config.listen`.
+    /// Starts the node on `config.listen`, serving HTTPS with mutual TLS.
     pub async fn start(config: NodeConfig) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         drop(listener);
-        let base = format!("http://{addr}");
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .no_proxy()
-            .build()
+        let base = format!("https://{addr}");
+        let tls = config.tls.clone();
+        let http = http_client(&ClientSettings {
+            tls: Some(tls.client.clone()),
+            ..ClientSettings::default()
+        })
+        .map_err(std::io::Error::other)?;
+        let identity = &tls.client_identity;
+        let signer = CertificateSigner::new(&identity.key, &identity.chain, None)
             .map_err(std::io::Error::other)?;
         let state = Arc::new(NodeState {
-            validator: AssertionValidator::new(&format!("{base}/token"), 5),
+            validator: AssertionValidator::new(&format!("{base}/token"), 5, tls.chains.clone()),
+            signer,
             config,
             base: base.clone(),
             senders: Mutex::new(HashMap::new()),
@@ -139,7 +147,8 @@ impl ReferenceNode {
             tokens: Mutex::new(HashMap::new()),
             http,
         });
-        let server = PlainServer::start(addr, receiver::router(state.clone())).await?;
+        let server =
+            PlainServer::start(addr, receiver::router(state.clone()), Some(tls.server)).await?;
         Ok(Self { state, server })
     }
 

@@ -20,8 +20,7 @@ use crate::protocol::notification::{
     Ident, NotificationSpec, build_notification, build_workflow_task, new_identifier,
 };
 use crate::protocol::token::{
-    AssertionClaims, TokenResponse, UnsignedJws, encode_jwt, opaque_token, token_request_form,
-    unix_now,
+    AssertionClaims, TokenResponse, encode_jwt, opaque_token, token_request_form, unix_now,
 };
 use crate::scenario::model::{Action, ConfirmFact, Direction, LetterOffer, NotifySettings, Step};
 use crate::scenario::plan::PlannedCase;
@@ -214,11 +213,13 @@ impl CaseRun<'_> {
         let client_id = format!("urn:bgz-harness:sender:{}", self.planned.counterpart.ura);
         let client = AssertionClaims::new(&client_id, token_url, now, 60);
         let authorization = AssertionClaims::new(&self.planned.counterpart.ura, token_url, now, 60);
-        let form = token_request_form(
-            &encode_jwt(&client, &UnsignedJws),
-            &encode_jwt(&authorization, &UnsignedJws),
-            None,
-        );
+        let sign = |claims| {
+            encode_jwt(claims, &self.ctx.signer).map_err(|e| {
+                let problem = format!("failed to sign the token request's assertions: {e}");
+                (Verdict::Error, problem, String::new())
+            })
+        };
+        let form = token_request_form(&sign(&client)?, &sign(&authorization)?, None);
         let request = Outgoing::with_body(
             reqwest::Method::POST,
             token_url.clone(),

@@ -13,6 +13,7 @@ use super::load::{InputError, parse_duration, parse_yaml, read_text};
 use crate::fhir::catalogue::{CatalogueId, LastKnownForm, QueryOptions};
 use crate::node::Department;
 use crate::protocol::notification::Ident;
+use crate::transport::{PemSource, TlsFiles};
 
 /// Whether the harness starts the target itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +79,29 @@ struct TargetDoc {
     known_patients: Vec<String>,
     #[serde(default)]
     exchange_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    tls: Option<TlsDoc>,
+}
+
+/// The harness's TLS material for a remote target. Every value is a file path (relative to
+/// the target file) or `env:NAME`; PEM text itself is refused, so no secret sits in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TlsDoc {
+    /// The CA (PEM, may hold several certificates) that the target's server and client
+    /// certificates chain to.
+    ca: Spanned<String>,
+    /// CRLs (PEM) of that hierarchy; with any given, each CA in a chain needs one.
+    #[serde(default)]
+    crl: Vec<Spanned<String>>,
+    /// The harness's client certificate chain and key; the key also signs assertions.
+    client_cert: Spanned<String>,
+    client_key: Spanned<String>,
+    /// The simulators' server certificate chain and key; default: the client's.
+    #[serde(default)]
+    server_cert: Option<Spanned<String>>,
+    #[serde(default)]
+    server_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +153,8 @@ pub struct Target {
     /// Fixture keys of the patients the target knows.
     pub known_patients: Vec<String>,
     pub exchange_timeout: Duration,
+    /// The harness's TLS material for a remote target; an embedded run makes its own.
+    pub tls: Option<TlsFiles>,
     /// The file it came from, or `(embedded)`.
     pub file: String,
 }
@@ -160,6 +186,7 @@ impl Target {
             protocol: ProtocolProfile::default(),
             known_patients: vec!["known".to_owned(), "other".to_owned()],
             exchange_timeout: Duration::from_secs(10),
+            tls: None,
             file: "(embedded)".to_owned(),
         }
     }
@@ -238,6 +265,11 @@ impl Target {
                 .map_err(|m| InputError::at(&file, &text, spanned, m))?,
         };
 
+        let tls = match &doc.tls {
+            None => None,
+            Some(tls) => Some(tls_files(&file, &text, path, tls)?),
+        };
+
         Ok(Self {
             name: doc.name,
             kind: doc.kind,
@@ -250,7 +282,50 @@ impl Target {
             protocol: doc.protocol,
             known_patients: doc.known_patients,
             exchange_timeout,
+            tls,
             file,
         })
     }
+}
+
+/// Resolves the `tls` section's values, refusing inline PEM text.
+fn tls_files(file: &str, text: &str, path: &Path, doc: &TlsDoc) -> Result<TlsFiles, InputError> {
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let source = |value: &Spanned<String>| {
+        if value.value.contains("-----BEGIN") || value.value.contains('\n') {
+            // No excerpt: the offending line may hold key material.
+            return Err(InputError::At {
+                file: file.to_owned(),
+                line: value.referenced.line(),
+                column: value.referenced.column(),
+                message: "PEM text is not allowed here; name a file or env:NAME".to_owned(),
+                excerpt: String::new(),
+            });
+        }
+        if value.value.trim().is_empty() || value.value == "env:" {
+            return Err(InputError::at(
+                file,
+                text,
+                value,
+                "expected a file path or env:NAME, found nothing",
+            ));
+        }
+        Ok(PemSource::parse(&value.value, base))
+    };
+    let client_cert = source(&doc.client_cert)?;
+    let client_key = source(&doc.client_key)?;
+    Ok(TlsFiles {
+        ca: vec![source(&doc.ca)?],
+        crl: doc.crl.iter().map(source).collect::<Result<_, _>>()?,
+        server_cert: match &doc.server_cert {
+            Some(value) => source(value)?,
+            None => client_cert.clone(),
+        },
+        server_key: match &doc.server_key {
+            Some(value) => source(value)?,
+            None => client_key.clone(),
+        },
+        client_cert,
+        client_key,
+    })
 }
