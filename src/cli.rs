@@ -112,6 +112,11 @@ struct RunArgs {
     /// reports say so in red).
     #[arg(long)]
     unredacted: bool,
+    /// Do not verify the target's server certificate (diagnostics only: a warning is
+    /// printed and every report is marked). Client certificates and assertion signatures
+    /// are still verified.
+    #[arg(long)]
+    insecure_skip_verify: bool,
 }
 
 #[derive(Subcommand)]
@@ -297,12 +302,21 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
         );
         return EXIT_INPUT;
     }
+    let server_verification = if args.insecure_skip_verify {
+        eprintln!(
+            "warning: --insecure-skip-verify: the target's server certificate is NOT verified; \
+             this run proves nothing about TLS, and every report says so"
+        );
+        ServerVerification::InsecureSkip
+    } else {
+        ServerVerification::Verify
+    };
     let options = RunOptions {
         jobs: args.jobs,
         fail_fast: args.fail_fast,
         node_faults,
         unredacted: args.unredacted,
-        server_verification: ServerVerification::Verify,
+        server_verification,
     };
     let handle = match prepare(&plan, &target, root, &options).await {
         Ok(handle) => handle,
@@ -324,6 +338,7 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
             .map(|f| f.name().to_owned())
             .collect(),
         unredacted: handle.unredacted(),
+        insecure_skip_verify: server_verification == ServerVerification::InsecureSkip,
     };
     let (sender, mut receiver) = mpsc::unbounded_channel::<RunEvent>();
     let mut collector = Collector::new(&args.reports, plan.phases.clone(), info);

@@ -64,6 +64,19 @@ fn the_clean_reference_node_passes_and_all_three_reports_are_written() {
     assert_eq!(json["totals"]["failed"], 0);
 }
 
+#[test]
+fn skipping_server_verification_warns_and_marks_every_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_into(dir.path(), &["--insecure-skip-verify"]).code(0);
+    let stderr = String::from_utf8_lossy(&output.get_output().stderr).into_owned();
+    assert!(stderr.contains("warning: --insecure-skip-verify"), "{stderr}");
+    let html = std::fs::read_to_string(dir.path().join("technical-test/report.html")).unwrap();
+    assert!(html.contains("INSECURE"));
+    assert!(junit(dir.path()).contains(r#"name="server-certificates" value="skipped""#));
+    let json = std::fs::read_to_string(dir.path().join("technical-test/results.json")).unwrap();
+    assert!(json.contains(r#""insecure_skip_verify": true"#), "{json}");
+}
+
 /// The check each fault must trip, and a phrase its message must contain.
 const FAULTS: [(&str, &str, &str); 9] = [
     (
