@@ -91,7 +91,10 @@ fn skipping_server_verification_warns_and_marks_every_report() {
     let dir = tempfile::tempdir().unwrap();
     let output = run_into(dir.path(), &["--insecure-skip-verify"]).code(0);
     let stderr = String::from_utf8_lossy(&output.get_output().stderr).into_owned();
-    assert!(stderr.contains("warning: --insecure-skip-verify"), "{stderr}");
+    assert!(
+        stderr.contains("warning: --insecure-skip-verify"),
+        "{stderr}"
+    );
     let html = std::fs::read_to_string(dir.path().join("technical-test/report.html")).unwrap();
     assert!(html.contains("INSECURE"));
     assert!(junit(dir.path()).contains(r#"name="server-certificates" value="skipped""#));

@@ -480,7 +480,8 @@ pub(crate) fn describe_tls_error(error: &rustls::Error) -> String {
     }
 }
 
-/// Finds a rustls error in an error's source chain (directly or inside an I/O error).
+/// Finds a rustls error in an error's source chain, also inside (nested) I/O errors, whose
+/// `source` skips the error they wrap.
 pub(crate) fn find_tls_error<'a>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a rustls::Error> {
@@ -489,13 +490,12 @@ pub(crate) fn find_tls_error<'a>(
         if let Some(tls) = error.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        if let Some(io) = error.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(tls) = inner.downcast_ref::<rustls::Error>()
-        {
-            return Some(tls);
-        }
-        current = error.source();
+        current = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
     }
     None
 }
