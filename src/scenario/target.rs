@@ -329,3 +329,68 @@ fn tls_files(file: &str, text: &str, path: &Path, doc: &TlsDoc) -> Result<TlsFil
         client_key,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REMOTE: &str = "name: r\nkind: remote\norganisation: { name: N, ura: \"90001234\" }\n\
+        departments:\n  - id: c\n    name: C\n    identifier: { system: s, value: c }\n\
+        endpoints: { notification: https://n.example/fhir, token: https://n.example/token }\n";
+
+    /// Loads the remote target plus `tls` from `<tempdir>/targets/t.yaml`; returns the
+    /// result and that folder.
+    fn load(tls: &str) -> (Result<Target, InputError>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("targets").join("t.yaml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("{REMOTE}{tls}")).unwrap();
+        (Target::load(&path), dir)
+    }
+
+    #[test]
+    fn the_tls_section_resolves_files_next_to_the_target_and_env_names() {
+        let (target, dir) = load(
+            "tls:\n  ca: ../pki/root-ca.pem\n  crl: [../pki/root-ca.crl.pem]\n  \
+             client-cert: ../pki/c.pem\n  client-key: env:CLIENT_KEY\n",
+        );
+        let tls = target.unwrap().tls.unwrap();
+        let file = |name: &str| PemSource::File(dir.path().join("targets").join(name));
+        assert_eq!(tls.ca, vec![file("../pki/root-ca.pem")]);
+        assert_eq!(tls.crl, vec![file("../pki/root-ca.crl.pem")]);
+        assert_eq!(tls.client_key, PemSource::Env("CLIENT_KEY".into()));
+        // Without a server certificate the simulators serve with the client's.
+        assert_eq!(tls.server_cert, file("../pki/c.pem"));
+        assert_eq!(tls.server_key, PemSource::Env("CLIENT_KEY".into()));
+        assert!(load("").0.unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn inline_pem_and_empty_values_are_refused_without_quoting_them() {
+        let error = load(
+            "tls:\n  ca: ca.pem\n  client-cert: c.pem\n  \
+             client-key: \"-----BEGIN PRIVATE KEY-----\\nMIIEsecret\"\n",
+        )
+        .0
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains(":12:") && error.contains("PEM text is not allowed"),
+            "{error}"
+        );
+        assert!(!error.contains("MIIEsecret"), "{error}");
+        let error = load("tls:\n  ca: \"\"\n  client-cert: c.pem\n  client-key: k.pem\n")
+            .0
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("expected a file path or env:NAME"),
+            "{error}"
+        );
+        let error = load("tls:\n  ca: ca.pem\n  client-cert: c.pem\n")
+            .0
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("client-key"), "{error}");
+    }
+}
