@@ -36,7 +36,8 @@ use time::{Duration, OffsetDateTime};
 use crate::scenario::target::EMBEDDED_URA;
 use crate::transport::{PemSource, TlsFiles};
 
-/// One file of the test PKI.
+/// One file of the test PKI; [`PkiFile::name`] is its file name, and `README.txt` in the
+/// folder describes each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PkiFile {
     RootCa,
@@ -154,6 +155,7 @@ impl PkiFile {
 /// An organisation a certificate is issued to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Organisation {
+    /// The organisation's name, put in the subject `O`.
     pub name: String,
     /// URA (UZI-register abonneenummer), 8 digits.
     pub ura: String,
@@ -331,10 +333,14 @@ fn readme(spec: &PkiSpec) -> String {
         text.push_str(&format!("{:<26} {}\n", file.name(), file.description()));
     }
     text.push_str(
-        "\nA target file uses them in its tls section, for example:\n\
-         tls:\n  ca: pki/root-ca.pem\n  crl: [pki/root-ca.crl.pem, pki/intermediate-ca.crl.pem]\n  \
-         client-cert: pki/harness-client.pem\n  client-key: pki/harness-client.key.pem\n  \
-         server-cert: pki/harness-server.pem\n  server-key: pki/harness-server.key.pem\n",
+        "\nA target file (here targets/my-node.yaml, next to this pki/ folder) names them in\n\
+         its tls section; paths are relative to the target file, keys may be env:NAME:\n\
+         tls:\n  ca: ../pki/root-ca.pem\n  \
+         crl: [../pki/root-ca.crl.pem, ../pki/intermediate-ca.crl.pem]\n  \
+         client-cert: ../pki/harness-client.pem\n  client-key: ../pki/harness-client.key.pem\n  \
+         server-cert: ../pki/harness-server.pem\n  server-key: ../pki/harness-server.key.pem\n\n\
+         The node under test gets node-server.pem and node-client.pem (and their keys) and\n\
+         trusts root-ca.pem with both CRLs. Serve the chain files as they are.\n",
     );
     text
 }
@@ -404,6 +410,8 @@ fn ca_params(
 enum Role {
     Server,
     Client,
+    /// A client certificate that must be refused; the label starts its CN.
+    Probe(&'static str),
 }
 
 /// An UZI-servercertificaat-like leaf: URA in serialNumber, name in O, host in CN.
@@ -418,6 +426,7 @@ fn leaf_params(
     let common_name = match role {
         Role::Server => "localhost".to_owned(),
         Role::Client => format!("client {}", org.ura),
+        Role::Probe(label) => format!("{label} client {}", org.ura),
     };
     let mut params = CertificateParams::default();
     params.distinguished_name = name(&[
@@ -442,7 +451,7 @@ fn leaf_params(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![match role {
         Role::Server => ExtendedKeyUsagePurpose::ServerAuth,
-        Role::Client => ExtendedKeyUsagePurpose::ClientAuth,
+        Role::Client | Role::Probe(_) => ExtendedKeyUsagePurpose::ClientAuth,
     }];
     params.not_before = not_before;
     params.not_after = not_after;
@@ -534,7 +543,7 @@ fn build(spec: &PkiSpec, now: OffsetDateTime) -> Result<Vec<(PkiFile, String)>, 
     )?;
     let revoked = issue(
         &spec.harness,
-        Role::Client,
+        Role::Probe("revoked"),
         new_key(KeyKind::EcdsaP256, "revoked client key")?,
         valid,
         [PkiFile::RevokedClient, PkiFile::RevokedClientKey],
@@ -542,7 +551,7 @@ fn build(spec: &PkiSpec, now: OffsetDateTime) -> Result<Vec<(PkiFile, String)>, 
     )?;
     issue(
         &spec.harness,
-        Role::Client,
+        Role::Probe("expired"),
         new_key(KeyKind::EcdsaP256, "expired client key")?,
         (now - Duration::days(395), now - Duration::days(30)),
         [PkiFile::ExpiredClient, PkiFile::ExpiredClientKey],
@@ -582,7 +591,7 @@ fn build(spec: &PkiSpec, now: OffsetDateTime) -> Result<Vec<(PkiFile, String)>, 
     .map_err(failed("foreign CA certificate"))?;
     out.push((PkiFile::ForeignCa, foreign.pem()));
     let foreign_client_key = new_key(KeyKind::EcdsaP256, "foreign client key")?;
-    let foreign_client = leaf_params(&spec.harness, Role::Client, valid.0, valid.1)?
+    let foreign_client = leaf_params(&spec.harness, Role::Probe("foreign"), valid.0, valid.1)?
         .signed_by(&foreign_client_key, &*foreign)
         .map_err(failed("foreign client certificate"))?;
     out.push((PkiFile::ForeignClient, foreign_client.pem()));
