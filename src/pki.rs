@@ -323,7 +323,8 @@ fn readme(spec: &PkiSpec) -> String {
          carries the organisation's URA in serialNumber, its name in O and the host name\n\
          in CN; every leaf has the subjectAltNames 127.0.0.1, ::1 and localhost.\n\
          Leaf files hold the certificate followed by the issuing CA, so a server or client\n\
-         sends the whole chain. Private keys are PKCS#8 PEM, mode 0600.\n\n",
+         sends the whole chain. Private keys are PKCS#8 PEM, mode 0600. Certificates and\n\
+         CRLs are valid for a year; the harness refuses a chain whose CRL has expired.\n\n",
     );
     text.push_str(&format!(
         "harness: {} (URA {})\nnode:    {} (URA {})\n\n",
@@ -560,7 +561,8 @@ fn build(spec: &PkiSpec, now: OffsetDateTime) -> Result<Vec<(PkiFile, String)>, 
 
     let crl = |revoked_certs: Vec<RevokedCertParams>| CertificateRevocationListParams {
         this_update: now - Duration::hours(1),
-        next_update: now + Duration::days(7),
+        // As long as the leaf certificates: verifiers refuse chains whose CRL has expired.
+        next_update: valid.1,
         crl_number: SerialNumber::from(1u64),
         issuing_distribution_point: None,
         revoked_certs,

@@ -83,8 +83,8 @@ impl fmt::Debug for PemSource {
 pub struct TlsFiles {
     /// Trust anchors (PEM certificates) for peer server and client certificates.
     pub ca: Vec<PemSource>,
-    /// CRLs (PEM). With any CRL configured, every certificate of a chain needs a CRL from
-    /// its issuer; an unknown revocation status fails the handshake.
+    /// CRLs (PEM). With any CRL configured, every certificate of a chain needs a current
+    /// CRL from its issuer; an unknown status or an expired CRL fails the handshake.
     pub crl: Vec<PemSource>,
     /// This side's server certificate chain (leaf first) and private key.
     pub server_cert: PemSource,
@@ -288,6 +288,7 @@ fn load_trust(files: &TlsFiles) -> Result<Trust, TlsError> {
 fn client_verifier(trust: &Trust) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider())
         .with_crls(trust.crls.clone())
+        .enforce_revocation_expiration()
         .build()
         .map_err(|e| TlsError::Config(format!("client certificate verifier: {e}")))
 }
@@ -339,6 +340,7 @@ fn client_tls(
                 provider(),
             )
             .with_crls(trust.crls.clone())
+            .enforce_revocation_expiration()
             .build()
             .map_err(|e| TlsError::Config(format!("server certificate verifier: {e}")))?;
             builder.with_webpki_verifier(verifier)
@@ -550,5 +552,69 @@ pub(crate) async fn serve_tls(listener: TcpListener, router: Router, tls: Server
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
+        ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, SerialNumber,
+    };
+
+    fn key() -> KeyPair {
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a P-256 key")
+    }
+
+    #[test]
+    fn a_chain_is_refused_when_its_crl_has_expired_or_its_issuer_has_none() {
+        let new_ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            CertifiedIssuer::self_signed(params, key()).unwrap()
+        };
+        let (ca, other_ca) = (new_ca("test CA"), new_ca("other CA"));
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf = params.signed_by(&key(), &*ca).unwrap().der().clone();
+
+        let now = time::OffsetDateTime::now_utc();
+        let crl = |issuer: &CertifiedIssuer<'static, KeyPair>,
+                   next_update: time::OffsetDateTime| {
+            CertificateRevocationListParams {
+                this_update: now - time::Duration::days(30),
+                next_update,
+                crl_number: SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: Vec::new(),
+                key_identifier_method: KeyIdMethod::Sha256,
+            }
+            .signed_by(&**issuer)
+            .unwrap()
+            .der()
+            .clone()
+        };
+        let verify = |crls| {
+            ChainVerifier::new(vec![ca.der().clone()], crls)
+                .unwrap()
+                .verify(std::slice::from_ref(&leaf), now.unix_timestamp())
+        };
+
+        assert_eq!(
+            verify(vec![crl(&ca, now + time::Duration::days(1))]),
+            Ok(())
+        );
+        let stale = verify(vec![crl(&ca, now - time::Duration::days(1))]).unwrap_err();
+        assert!(stale.contains("ExpiredRevocationList"), "{stale}");
+        let unknown = verify(vec![crl(&other_ca, now + time::Duration::days(1))]).unwrap_err();
+        assert!(unknown.contains("UnknownRevocationStatus"), "{unknown}");
+        // No CRLs at all: revocation is not checked (a remote target may configure none).
+        assert_eq!(verify(Vec::new()), Ok(()));
     }
 }
