@@ -421,9 +421,9 @@ impl AssertionValidator {
         }
         Ok(claims)
     }
-}
 
-impl AssertionValidator {
+    /// Checks `alg`, finds the certificate chain (`x5c`, else the TLS client certificate),
+    /// verifies that it chains to the CA, and verifies the signature with its leaf's key.
     fn verify_signature(
         &self,
         token: &str,
