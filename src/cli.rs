@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::node::faults::{Fault, FaultSet};
 use crate::node::{NodeConfig, ReferenceNode};
+use crate::pki::{Organisation, PkiFiles, PkiSpec};
 use crate::report::console::{Console, ProgressMode};
 use crate::report::{Collector, RunInfo};
 use crate::runner::outcome::{RunEvent, Verdict};
@@ -18,6 +19,7 @@ use crate::scenario::InputError;
 use crate::scenario::load::{FileKind, file_kind, load_phase, load_scenario};
 use crate::scenario::plan::{Filters, Plan, Suite};
 use crate::scenario::target::Target;
+use crate::transport::{ServerVerification, TlsSettings};
 
 /// Prints a line on stdout; a closed stdout (a pipe into `head`) is not an error.
 macro_rules! say {
@@ -79,6 +81,16 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Generate a test PKI (root and issuing CA, server and client certificates, CRLs, and
+    /// revoked, expired and foreign client certificates) as PEM files.
+    Certs {
+        /// The folder to write into; created when missing, never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+        /// Take the node certificates' organisation and URA from this target file.
+        #[arg(long)]
+        target: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -130,6 +142,11 @@ struct RunArgs {
     /// terminal.
     #[arg(long, value_enum, default_value = "auto")]
     interactive: Interactive,
+    /// Do not verify the target's server certificate (diagnostics only: a warning is
+    /// printed and every report is marked). Client certificates and assertion signatures
+    /// are still verified.
+    #[arg(long)]
+    insecure_skip_verify: bool,
 }
 
 /// When to prompt the tester.
@@ -153,6 +170,11 @@ enum NodeCommand {
         /// Target file describing the node's organisation, departments and known patients.
         #[arg(long)]
         target: Option<PathBuf>,
+        /// Test PKI folder (from `bgz-harness certs`); generated there when missing. The
+        /// node serves with node-server.pem, connects with node-client.pem and trusts
+        /// root-ca.pem.
+        #[arg(long, default_value = "pki")]
+        certs: PathBuf,
     },
     /// List the fault switches, one name per line.
     Faults {
@@ -213,8 +235,10 @@ async fn dispatch(cli: Cli) -> u8 {
                     listen,
                     faults,
                     target,
+                    certs,
                 },
-        } => serve_command(&cli.root, listen, faults, target).await,
+        } => serve_command(&cli.root, listen, faults, target, &certs).await,
+        Command::Certs { out, target } => certs_command(&out, target.as_deref()),
     }
 }
 
@@ -418,6 +442,15 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
         Interactive::Never => false,
         Interactive::Auto => std::io::IsTerminal::is_terminal(&std::io::stdin()),
     };
+    let server_verification = if args.insecure_skip_verify {
+        tell!(
+            "warning: --insecure-skip-verify: the target's server certificate is NOT verified; \
+             this run proves nothing about TLS, and every report says so"
+        );
+        ServerVerification::InsecureSkip
+    } else {
+        ServerVerification::Verify
+    };
     let options = RunOptions {
         jobs: args.jobs,
         fail_fast: args.fail_fast,
@@ -425,6 +458,7 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
         unredacted: args.unredacted,
         answers,
         interactive,
+        server_verification,
     };
     let handle = match prepare(&plan, &target, root, &options).await {
         Ok(handle) => handle,
@@ -450,6 +484,7 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
             .map(|f| f.name().to_owned())
             .collect(),
         unredacted: handle.unredacted(),
+        insecure_skip_verify: server_verification == ServerVerification::InsecureSkip,
     };
     let (sender, mut receiver) = mpsc::unbounded_channel::<RunEvent>();
     let mut collector = Collector::new(&args.reports, plan.phases.clone(), info);
@@ -515,15 +550,67 @@ async fn shutdown_signal() {
     }
 }
 
+fn organisation_of(target: &Target) -> Organisation {
+    Organisation {
+        name: target.organisation_name.clone(),
+        ura: target.ura.clone(),
+    }
+}
+
+fn certs_command(out: &Path, target: Option<&Path>) -> u8 {
+    let mut spec = PkiSpec::default();
+    if let Some(path) = target {
+        match Target::load(path) {
+            Ok(target) => spec.node = organisation_of(&target),
+            Err(e) => return report_input_errors(&[e]),
+        }
+    }
+    match crate::pki::generate(&spec, out) {
+        Ok(files) => {
+            say!(
+                "test PKI written to {} (see README.txt)",
+                files.dir.display()
+            );
+            EXIT_PASS
+        }
+        Err(e) => {
+            tell!("error: {e}");
+            EXIT_INPUT
+        }
+    }
+}
+
+/// The node's TLS settings from the PKI in `dir`, generating one there when it is missing.
+fn node_tls(dir: &Path, target: &Target) -> Result<TlsSettings, String> {
+    let files = PkiFiles::at(dir);
+    if !files.is_complete() {
+        let spec = PkiSpec {
+            node: organisation_of(target),
+            ..PkiSpec::default()
+        };
+        crate::pki::generate(&spec, dir).map_err(|e| e.to_string())?;
+        tell!("generated a test PKI in {} (see README.txt)", dir.display());
+    }
+    TlsSettings::load(&files.node_tls(), ServerVerification::Verify).map_err(|e| e.to_string())
+}
+
 async fn serve_command(
     root: &Path,
     listen: SocketAddr,
     faults: Vec<Fault>,
     target: Option<PathBuf>,
+    certs: &Path,
 ) -> u8 {
     let target = match load_target(target.as_deref()) {
         Ok(target) => target,
         Err(e) => return report_input_errors(&[e]),
+    };
+    let tls = match node_tls(&root.join(certs), &target) {
+        Ok(tls) => tls,
+        Err(e) => {
+            tell!("error: {e}");
+            return EXIT_INPUT;
+        }
     };
     let mut register = crate::fhir::store::ResourceStore::default();
     for key in &target.known_patients {
@@ -548,6 +635,7 @@ async fn serve_command(
         faults: faults.iter().copied().collect(),
         listen,
         queries: target.protocol.query_options(),
+        tls,
     })
     .await
     {

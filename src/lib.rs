@@ -5,6 +5,7 @@ pub mod cli;
 pub mod fhir;
 pub mod journal;
 pub mod node;
+pub mod pki;
 pub mod protocol;
 pub mod redact;
 pub mod report;

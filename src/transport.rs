@@ -1,6 +1,7 @@
 //! HTTP transport for both sides of every exchange: a client that records what it sends and
 //! receives in the journal, and a server wrapper whose middleware does the same for what it
-//! serves. TLS settings live here so that mutual TLS can be added without touching callers.
+//! serves. Both speak mutual TLS when given [`TlsSettings`] (see the `tls` submodule); a
+//! client without TLS material refuses every HTTPS server rather than trusting system roots.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,13 @@ use futures_util::StreamExt;
 use tokio::net::TcpListener;
 
 use crate::journal::{Body, Exchange, ExchangeKind, Journal, Party, Request, Response};
+
+mod tls;
+
+pub use tls::{
+    ChainVerifier, ClientTls, PeerCertificates, PemSource, ServerTls, ServerVerification, TlsError,
+    TlsFiles, TlsIdentity, TlsSettings, load_identity,
+};
 
 /// Largest body the harness reads from a peer; a larger one is an error, never truncated.
 pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
@@ -113,6 +121,8 @@ pub struct ClientSettings {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_body: usize,
+    /// Client certificate and server verification; without it HTTPS servers are refused.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientSettings {
@@ -121,8 +131,24 @@ impl Default for ClientSettings {
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             max_body: DEFAULT_MAX_BODY,
+            tls: None,
         }
     }
+}
+
+/// An HTTP client with `settings`: no redirects, no proxy, and TLS only as configured.
+pub fn http_client(settings: &ClientSettings) -> Result<reqwest::Client, reqwest::Error> {
+    let tls = match &settings.tls {
+        Some(tls) => (*tls.0).clone(),
+        None => tls::untrusting_client_config(),
+    };
+    reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .tls_backend_preconfigured(tls)
+        .build()
 }
 
 impl RecordingClient {
@@ -133,12 +159,7 @@ impl RecordingClient {
         from: Party,
         to: Party,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()?;
+        let http = http_client(settings)?;
         Ok(Self {
             http,
             journal,
@@ -262,7 +283,9 @@ impl RecordingClient {
 }
 
 fn describe_reqwest_error(error: reqwest::Error) -> String {
-    if error.is_timeout() {
+    if let Some(tls) = tls::find_tls_error(&error) {
+        format!("TLS failed: {}", tls::describe_tls_error(tls))
+    } else if error.is_timeout() {
         "no complete answer within the timeout".to_owned()
     } else if error.is_connect() {
         "could not connect (refused or unreachable)".to_owned()
@@ -284,32 +307,56 @@ fn describe_reqwest_error(error: reqwest::Error) -> String {
 pub struct RecordingServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    scheme: &'static str,
     handle: tokio::task::JoinHandle<()>,
 }
 
 impl RecordingServer {
     /// Binds `listen` (port 0 lets the OS choose) and serves `router`, recording each exchange
-    /// as coming from `from` to `to`.
+    /// as coming from `from` to `to`. With `tls` it serves HTTPS and requires a client
+    /// certificate; without, plain HTTP.
     pub async fn start(
         listen: SocketAddr,
         router: Router,
         journal: Arc<Journal>,
         from: Party,
         to: Party,
+        tls: Option<ServerTls>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let recorder = Arc::new(Recorder { journal, from, to });
-        let app = router.layer(middleware::from_fn_with_state(recorder, record));
-        let handle = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+        let scheme = scheme(tls.as_ref());
+        let recorder = Arc::new(Recorder {
+            journal,
+            from,
+            to,
+            scheme,
         });
-        Ok(Self { addr, handle })
+        let app = router.layer(middleware::from_fn_with_state(recorder, record));
+        let handle = tokio::spawn(serve(listener, app, tls));
+        Ok(Self {
+            addr,
+            scheme,
+            handle,
+        })
     }
 
-    /// `http://addr`.
+    /// `https://addr` (or `http://addr` without TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+}
+
+fn scheme(tls: Option<&ServerTls>) -> &'static str {
+    if tls.is_some() { "https" } else { "http" }
+}
+
+async fn serve(listener: TcpListener, router: Router, tls: Option<ServerTls>) {
+    match tls {
+        Some(tls) => tls::serve_tls(listener, router, tls).await,
+        None => {
+            let _ = axum::serve(listener, router).await;
+        }
     }
 }
 
@@ -323,26 +370,32 @@ impl Drop for RecordingServer {
 /// observes it only from its own side of the wire).
 pub struct PlainServer {
     pub addr: SocketAddr,
+    scheme: &'static str,
     handle: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl PlainServer {
-    /// Binds `listen` and serves `router`.
-    pub async fn start(listen: SocketAddr, router: Router) -> std::io::Result<Self> {
+    /// Binds `listen` and serves `router`, over HTTPS with client certificates when `tls`
+    /// is given.
+    pub async fn start(
+        listen: SocketAddr,
+        router: Router,
+        tls: Option<ServerTls>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let handle = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        let scheme = scheme(tls.as_ref());
+        let handle = tokio::spawn(serve(listener, router, tls));
         Ok(Self {
             addr,
+            scheme,
             handle: Some(handle),
         })
     }
 
-    /// `http://addr`.
+    /// `https://addr` (or `http://addr` without TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Waits until the server stops (for `node serve`).
@@ -365,6 +418,7 @@ struct Recorder {
     journal: Arc<Journal>,
     from: Party,
     to: Party,
+    scheme: &'static str,
 }
 
 /// Largest request body a harness server accepts.
@@ -405,7 +459,7 @@ async fn record(
     };
     let recorded_request = Request {
         method: parts.method.to_string(),
-        url: format!("http://{host}{}", parts.uri),
+        url: format!("{}://{host}{}", recorder.scheme, parts.uri),
         headers,
         body: Body {
             bytes: bytes.clone(),

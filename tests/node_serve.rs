@@ -19,8 +19,9 @@ fn binary() -> PathBuf {
     assert_cmd::cargo::cargo_bin("bgz-harness")
 }
 
-/// Starts `node serve` on a port the OS picks and returns it with its address.
-fn serve() -> (Server, String) {
+/// Starts `node serve` with its test PKI in `dir/pki` (the target file copy in
+/// `dir/targets` finds it there as `../pki`).
+fn serve(dir: &Path) -> (Server, String) {
     let mut child = Command::new(binary())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
@@ -30,19 +31,26 @@ fn serve() -> (Server, String) {
             "127.0.0.1:0",
             "--target",
             "targets/reference-node.yaml",
+            "--certs",
         ])
+        .arg(dir.join("pki"))
         .stdout(Stdio::piped())
         .spawn()
         .expect("node serve starts");
     let stdout = child.stdout.take().unwrap();
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first).unwrap();
-    let addr = first.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(
-        addr.starts_with("127.0.0.1:"),
-        "unexpected first line: {first}"
-    );
-    (Server(child), addr)
+    let server = Server(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("node serve prints its address")
+            .unwrap();
+        if let Some(addr) = line.strip_prefix("reference node listening on ") {
+            break addr.trim().to_owned();
+        }
+    };
+    assert!(addr.starts_with("127.0.0.1:"), "unexpected address: {addr}");
+    (server, addr)
 }
 
 /// A copy of targets/reference-node.yaml pointing at `addr`, optionally without the
@@ -94,8 +102,8 @@ fn run(target: &Path, reports: &Path, extra: &[&str]) -> std::process::Output {
 
 #[test]
 fn a_separately_served_reference_node_passes_through_its_target_file() {
-    let (_server, addr) = serve();
     let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = serve(dir.path());
     let target = target_file(dir.path(), &addr, true);
     let output = run(&target, &dir.path().join("reports"), &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -110,8 +118,8 @@ fn a_separately_served_reference_node_passes_through_its_target_file() {
 
 #[test]
 fn without_inspection_and_answers_confirm_steps_are_not_run_never_passed() {
-    let (_server, addr) = serve();
     let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = serve(dir.path());
     let target = target_file(dir.path(), &addr, false);
     let output = run(
         &target,
@@ -132,8 +140,8 @@ fn without_inspection_and_answers_confirm_steps_are_not_run_never_passed() {
 
 #[test]
 fn an_answers_file_answers_confirm_steps_and_a_no_fails_them() {
-    let (_server, addr) = serve();
     let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = serve(dir.path());
     let target = target_file(dir.path(), &addr, false);
     let answers = dir.path().join("answers.yaml");
     std::fs::write(
@@ -164,8 +172,8 @@ fn an_answers_file_answers_confirm_steps_and_a_no_fails_them() {
 
 #[test]
 fn confirm_steps_are_asked_at_the_terminal_when_interactive() {
-    let (_server, addr) = serve();
     let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = serve(dir.path());
     let target = target_file(dir.path(), &addr, false);
     let mut child = Command::new(binary())
         .current_dir(env!("CARGO_MANIFEST_DIR"))

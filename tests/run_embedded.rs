@@ -64,6 +64,44 @@ fn the_clean_reference_node_passes_and_all_three_reports_are_written() {
     assert_eq!(json["totals"]["failed"], 0);
 }
 
+#[test]
+fn every_exchange_of_an_embedded_run_goes_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    run_into(dir.path(), &[]).code(0);
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("technical-test/results.json")).unwrap(),
+    )
+    .unwrap();
+    let urls: Vec<&str> = json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|case| case["exchanges"].as_array().unwrap())
+        .map(|exchange| exchange["url"].as_str().unwrap())
+        .collect();
+    assert!(urls.len() > 10, "{urls:?}");
+    for url in urls {
+        assert!(url.starts_with("https://"), "{url}");
+    }
+    assert!(junit(dir.path()).contains(r#"name="server-certificates" value="verified""#));
+}
+
+#[test]
+fn skipping_server_verification_warns_and_marks_every_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_into(dir.path(), &["--insecure-skip-verify"]).code(0);
+    let stderr = String::from_utf8_lossy(&output.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("warning: --insecure-skip-verify"),
+        "{stderr}"
+    );
+    let html = std::fs::read_to_string(dir.path().join("technical-test/report.html")).unwrap();
+    assert!(html.contains("INSECURE"));
+    assert!(junit(dir.path()).contains(r#"name="server-certificates" value="skipped""#));
+    let json = std::fs::read_to_string(dir.path().join("technical-test/results.json")).unwrap();
+    assert!(json.contains(r#""insecure_skip_verify": true"#), "{json}");
+}
+
 /// Each fault, the scenario that exposes it, the check it must trip, and a phrase its
 /// message must contain.
 const FAULTS: [(&str, &str, &str, &str); 27] = [

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::fhir::store::ResourceStore;
 use crate::protocol::notification::Ident;
-use crate::protocol::token::AssertionValidator;
-use crate::transport::PlainServer;
+use crate::protocol::token::{AssertionValidator, CertificateSigner};
+use crate::transport::{ClientSettings, PlainServer, TlsSettings, http_client};
 use faults::{Fault, FaultSet};
 
 /// A department (HealthcareService) of an organisation.
@@ -54,6 +54,9 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// The catalogue and query forms the node notifies when it sends.
     pub queries: crate::fhir::catalogue::QueryOptions,
+    /// The node's server and client certificates and the CA it trusts: it serves HTTPS,
+    /// requires client certificates, and signs its client assertions with its client key.
+    pub tls: TlsSettings,
 }
 
 /// One referral as filed in a department's inbox.
@@ -111,6 +114,7 @@ pub(crate) struct NodeState {
     /// Checks client assertions sent to the sending role's token endpoint.
     pull_validator: AssertionValidator,
     sender: sender::SenderState,
+    signer: CertificateSigner,
     http: reqwest::Client,
 }
 
@@ -124,9 +128,10 @@ impl NodeState {
         &self,
         validator: &AssertionValidator,
         assertion: &str,
+        presented: &[rustls::pki_types::CertificateDer<'static>],
     ) -> Result<(), String> {
         use crate::protocol::token::AssertionError;
-        match validator.validate(assertion, crate::protocol::token::unix_now()) {
+        match validator.validate(assertion, crate::protocol::token::unix_now(), presented) {
             Ok(_) => Ok(()),
             Err(AssertionError::Audience { .. }) if self.has(Fault::IgnoreAudience) => Ok(()),
             Err(AssertionError::Replayed) if self.has(Fault::AcceptReplayedAssertion) => Ok(()),
@@ -165,7 +170,7 @@ pub struct NodeEndpoints {
 }
 
 impl ReferenceNode {
-    /// Starts the node on `config.listen`.
+    /// Starts the node on `config.listen`, serving HTTPS with mutual TLS.
     pub async fn start(mut config: NodeConfig) -> std::io::Result<Self> {
         // A letter nobody references: reading it must be refused (the
         // read-unreferenced-binary probe).
@@ -178,17 +183,25 @@ impl ReferenceNode {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         drop(listener);
-        let base = format!("http://{addr}");
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .no_proxy()
-            .build()
+        let base = format!("https://{addr}");
+        let tls = config.tls.clone();
+        let http = http_client(&ClientSettings {
+            tls: Some(tls.client.clone()),
+            ..ClientSettings::default()
+        })
+        .map_err(std::io::Error::other)?;
+        let identity = &tls.client_identity;
+        let signer = CertificateSigner::new(&identity.key, &identity.chain, None)
             .map_err(std::io::Error::other)?;
         let state = Arc::new(NodeState {
-            validator: AssertionValidator::new(&format!("{base}/token"), 5),
-            pull_validator: AssertionValidator::new(&format!("{base}/sender/token"), 5),
+            validator: AssertionValidator::new(&format!("{base}/token"), 5, tls.chains.clone()),
+            pull_validator: AssertionValidator::new(
+                &format!("{base}/sender/token"),
+                5,
+                tls.chains.clone(),
+            ),
             sender: sender::SenderState::default(),
+            signer,
             config,
             base: base.clone(),
             senders: Mutex::new(HashMap::new()),
@@ -197,7 +210,8 @@ impl ReferenceNode {
             tokens: Mutex::new(HashMap::new()),
             http,
         });
-        let server = PlainServer::start(addr, receiver::router(state.clone())).await?;
+        let server =
+            PlainServer::start(addr, receiver::router(state.clone()), Some(tls.server)).await?;
         Ok(Self { state, server })
     }
 

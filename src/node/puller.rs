@@ -16,7 +16,7 @@ use crate::journal::hex;
 use crate::node::faults::Fault;
 use crate::protocol::notification::ReceivedNotification;
 use crate::protocol::token::{
-    AssertionClaims, TokenResponse, UnsignedJws, encode_jwt, token_request_form, unix_now,
+    AssertionClaims, TokenResponse, encode_jwt, token_request_form, unix_now,
 };
 
 /// Most pages the node follows for one search, so a looping `next` cannot hold it forever.
@@ -189,11 +189,11 @@ async fn request_token(
     } else {
         notification.authorization_base.as_deref()
     };
-    let form = token_request_form(
-        &encode_jwt(&client, &UnsignedJws),
-        &encode_jwt(&authorization, &UnsignedJws),
-        base,
-    );
+    let sign = |claims| {
+        encode_jwt(claims, &state.signer)
+            .map_err(|e| format!("failed to sign the token request's assertions: {e}"))
+    };
+    let form = token_request_form(&sign(&client)?, &sign(&authorization)?, base);
     let response = state
         .http
         .post(token_url)

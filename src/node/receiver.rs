@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +20,7 @@ use crate::protocol::notification::read_notification;
 use crate::protocol::token::{
     GRANT_TYPE, TokenResponse, form_value, opaque_token, parse_form, token_error, unix_now,
 };
+use crate::transport::PeerCertificates;
 
 const NOTIFICATION_TOKEN_LIFETIME_S: i64 = 300;
 
@@ -50,7 +51,11 @@ fn outcome(status: StatusCode, code: &str, diagnostics: &str) -> Response {
     fhir(status, &operation_outcome("error", code, diagnostics))
 }
 
-async fn token(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
+async fn token(
+    State(state): State<Arc<NodeState>>,
+    peer: Option<Extension<PeerCertificates>>,
+    body: Bytes,
+) -> Response {
     let form = parse_form(&body);
     let error =
         |e: &str, d: &str| (StatusCode::BAD_REQUEST, Json(token_error(e, d))).into_response();
@@ -63,7 +68,8 @@ async fn token(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
     let Some(assertion) = form_value(&form, "client_assertion") else {
         return error("invalid_client", "client_assertion is missing");
     };
-    if let Err(e) = state.check_assertion(&state.validator, assertion) {
+    let presented = peer.map(|Extension(p)| p.0).unwrap_or_default();
+    if let Err(e) = state.check_assertion(&state.validator, assertion, &presented) {
         return error("invalid_client", &e);
     }
     let access_token = opaque_token("nt");

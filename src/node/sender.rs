@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -31,9 +31,10 @@ use crate::protocol::notification::{
     new_identifier,
 };
 use crate::protocol::token::{
-    AssertionClaims, GRANT_TYPE, TokenResponse, UnsignedJws, encode_jwt, form_value, opaque_token,
-    parse_form, token_error, token_request_form, unix_now,
+    AssertionClaims, GRANT_TYPE, TokenResponse, encode_jwt, form_value, opaque_token, parse_form,
+    token_error, token_request_form, unix_now,
 };
+use crate::transport::PeerCertificates;
 
 /// Matches per page the node serves.
 const PAGE_SIZE: usize = 20;
@@ -107,11 +108,10 @@ async fn notification_token(state: &NodeState, token_url: &str) -> Result<String
     let now = unix_now();
     let client = AssertionClaims::new(&state.base, token_url, now, 60);
     let authorization = AssertionClaims::new(&state.config.ura, token_url, now, 60);
-    let form = token_request_form(
-        &encode_jwt(&client, &UnsignedJws),
-        &encode_jwt(&authorization, &UnsignedJws),
-        None,
-    );
+    let sign = |claims: &AssertionClaims| {
+        encode_jwt(claims, &state.signer).map_err(|e| format!("failed to sign an assertion: {e}"))
+    };
+    let form = token_request_form(&sign(&client)?, &sign(&authorization)?, None);
     let response = state
         .http
         .post(token_url)
@@ -295,7 +295,11 @@ pub(super) async fn control_cancel(State(state): State<Arc<NodeState>>, body: By
 }
 
 /// `POST /sender/token`: a pull token for a valid authorization base.
-pub(super) async fn pull_token(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
+pub(super) async fn pull_token(
+    State(state): State<Arc<NodeState>>,
+    peer: Option<Extension<PeerCertificates>>,
+    body: Bytes,
+) -> Response {
     let form = parse_form(&body);
     let error =
         |e: &str, d: &str| (StatusCode::BAD_REQUEST, Json(token_error(e, d))).into_response();
@@ -308,7 +312,11 @@ pub(super) async fn pull_token(State(state): State<Arc<NodeState>>, body: Bytes)
     let Some(assertion) = form_value(&form, "client_assertion") else {
         return error("invalid_client", "client_assertion is missing");
     };
-    if let Err(e) = state.check_assertion(&state.pull_validator, assertion) {
+    if let Err(e) = state.check_assertion(
+        &state.pull_validator,
+        assertion,
+        &peer.map(|Extension(p)| p.0).unwrap_or_default(),
+    ) {
         return error("invalid_client", &e);
     }
     let Some(base) = form_value(&form, "authorization_base") else {

@@ -13,6 +13,12 @@ pub(super) fn render(report: &PhaseReport<'_>) -> String {
     let mut suite = TestSuite::new(format!("bgz-harness {}", report.phase.id));
     suite.add_property(("target", report.run.target.as_str()));
     suite.add_property(("redacted", if report.run.unredacted { "no" } else { "yes" }));
+    let verification = if report.run.insecure_skip_verify {
+        "skipped"
+    } else {
+        "verified"
+    };
+    suite.add_property(("server-certificates", verification));
     if report.interrupted {
         suite.add_property(("interrupted", "yes"));
     }

@@ -26,6 +26,8 @@ pub struct RunInfo {
     pub node_faults: Vec<String>,
     /// True when patient data and secrets were kept (local debugging only).
     pub unredacted: bool,
+    /// True when the target's server certificate was not verified (`--insecure-skip-verify`).
+    pub insecure_skip_verify: bool,
 }
 
 /// Counts per verdict.

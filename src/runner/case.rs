@@ -21,8 +21,7 @@ use crate::protocol::notification::{
     new_identifier,
 };
 use crate::protocol::token::{
-    AssertionClaims, TokenResponse, UnsignedJws, encode_jwt, opaque_token, token_request_form,
-    unix_now,
+    AssertionClaims, TokenResponse, encode_jwt, opaque_token, token_request_form, unix_now,
 };
 use crate::scenario::model::{Action, CheckId, ConfirmFact, LetterOffer, NotifySettings, Step};
 use crate::scenario::plan::PlannedCase;
@@ -236,6 +235,12 @@ impl CaseRun<'_> {
         Some(self.planned.id.as_str())
     }
 
+    /// Signs an assertion with the harness's client key.
+    fn sign(&self, claims: &AssertionClaims) -> Result<String, String> {
+        encode_jwt(claims, &self.ctx.signer)
+            .map_err(|e| format!("failed to sign an assertion: {e}"))
+    }
+
     /// Gets a notification token from the target's authorization server.
     async fn notification_token(&self) -> Result<(String, String), (Verdict, String, String)> {
         let token_url = &self.ctx.endpoints.token_url;
@@ -243,11 +248,13 @@ impl CaseRun<'_> {
         let client_id = format!("urn:bgz-harness:sender:{}", self.planned.counterpart.ura);
         let client = AssertionClaims::new(&client_id, token_url, now, 60);
         let authorization = AssertionClaims::new(&self.planned.counterpart.ura, token_url, now, 60);
-        let form = token_request_form(
-            &encode_jwt(&client, &UnsignedJws),
-            &encode_jwt(&authorization, &UnsignedJws),
-            None,
-        );
+        let sign = |claims| {
+            encode_jwt(claims, &self.ctx.signer).map_err(|e| {
+                let problem = format!("failed to sign the token request's assertions: {e}");
+                (Verdict::Error, problem, String::new())
+            })
+        };
+        let form = token_request_form(&sign(&client)?, &sign(&authorization)?, None);
         let request = Outgoing::with_body(
             reqwest::Method::POST,
             token_url.clone(),

@@ -19,11 +19,15 @@ use tokio::task::JoinSet;
 use crate::journal::{ExchangeKind, Journal, Party};
 use crate::node::faults::FaultSet;
 use crate::node::{NodeConfig, ReferenceNode, SenderEndpoints};
+use crate::pki::{Organisation, PkiError, PkiSpec};
+use crate::protocol::token::CertificateSigner;
 use crate::redact::{Redactor, Sensitive};
 use crate::scenario::plan::{Plan, PlannedCase};
 use crate::scenario::target::{Target, TargetKind};
 use crate::sim::sender::SenderSim;
-use crate::transport::{ClientSettings, Outgoing, RecordingClient};
+use crate::transport::{
+    ClientSettings, Outgoing, RecordingClient, ServerVerification, TlsError, TlsSettings,
+};
 use fixtures::Fixtures;
 use outcome::{CaseOutcome, ExchangeRecord, RunEvent, Verdict, redact_outcome};
 
@@ -40,6 +44,9 @@ pub struct RunOptions {
     pub answers: Vec<crate::scenario::answers::AnswerRule>,
     /// Prompt the tester for confirm steps no answer covers.
     pub interactive: bool,
+    /// Whether the harness checks the target's server certificate (`--insecure-skip-verify`
+    /// turns it off for diagnostics; the reports say so).
+    pub server_verification: ServerVerification,
 }
 
 impl Default for RunOptions {
@@ -51,6 +58,7 @@ impl Default for RunOptions {
             unredacted: false,
             answers: Vec::new(),
             interactive: false,
+            server_verification: ServerVerification::Verify,
         }
     }
 }
@@ -71,6 +79,12 @@ pub enum SetupError {
     Client(String),
     #[error("failed to register the harness's sender with the target's control API: {0}")]
     Control(String),
+    #[error("failed to set up mutual TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    TlsMaterial(#[from] TlsError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
 }
 
 /// The endpoints the harness uses on the target.
@@ -99,6 +113,8 @@ pub(crate) struct RunContext {
     pub journal: Arc<Journal>,
     pub fixtures: Fixtures,
     pub confirmations: confirm::Confirmations,
+    /// Signs the harness's client assertions with its client certificate's key.
+    pub signer: CertificateSigner,
     /// Keeps the embedded node alive for the run.
     _node: Option<ReferenceNode>,
 }
@@ -118,11 +134,16 @@ pub async fn prepare(
         .chain(target.known_patients.iter().map(String::as_str))
         .collect();
     let fixtures = Fixtures::load(root, patient_keys).map_err(SetupError::Fixture)?;
+    let (harness_tls, node_tls) = tls_settings(target, options)?;
+    let identity = &harness_tls.client_identity;
+    let signer = CertificateSigner::new(&identity.key, &identity.chain, None)
+        .map_err(|e| SetupError::Tls(e.to_string()))?;
 
     let sender = SenderSim::start(
         target.simulator_listen,
         target.simulator_public_base.clone(),
         journal.clone(),
+        &harness_tls,
     )
     .await
     .map_err(|source| SetupError::Bind {
@@ -133,6 +154,7 @@ pub async fn prepare(
 
     let settings = ClientSettings {
         timeout: target.exchange_timeout,
+        tls: Some(harness_tls.client.clone()),
         ..ClientSettings::default()
     };
     let client = |from, to| {
@@ -146,6 +168,7 @@ pub async fn prepare(
         receiver_listen,
         target.receiver_public_base.clone(),
         journal.clone(),
+        &harness_tls,
     )
     .await
     .map_err(|source| SetupError::Bind {
@@ -166,8 +189,8 @@ pub async fn prepare(
         token_url: sender.token_url(),
     };
 
-    let (endpoints, node) = match target.kind {
-        TargetKind::Embedded => {
+    let (endpoints, node) = match (target.kind, node_tls) {
+        (TargetKind::Embedded, Some(node_tls)) => {
             let mut register = crate::fhir::store::ResourceStore::default();
             for key in &target.known_patients {
                 if let Some(fixture) = fixtures.patients.get(key) {
@@ -185,6 +208,7 @@ pub async fn prepare(
                 faults: options.node_faults.clone(),
                 listen,
                 queries: target.protocol.query_options(),
+                tls: node_tls,
             })
             .await
             .map_err(|source| SetupError::Bind {
@@ -206,11 +230,28 @@ pub async fn prepare(
             };
             (endpoints, Some(node))
         }
-        TargetKind::Remote => {
+        (TargetKind::Embedded, None) => {
+            return Err(SetupError::Tls(
+                "the embedded node has no TLS settings".to_owned(),
+            ));
+        }
+        (TargetKind::Remote, _) => {
             let doc = target
                 .endpoints
                 .clone()
                 .ok_or_else(|| SetupError::Control("the target has no endpoints".to_owned()))?;
+            let urls = [Some(&doc.notification), Some(&doc.token)];
+            let urls = urls.into_iter().chain([
+                doc.inspect.as_ref(),
+                doc.control.as_ref(),
+                target.simulator_public_base.as_ref(),
+            ]);
+            if let Some(plain) = urls.flatten().find(|u| !u.starts_with("https://")) {
+                return Err(SetupError::Tls(format!(
+                    "{}: `{plain}` is not an https URL; the agreement requires mutual TLS on every connection",
+                    target.file
+                )));
+            }
             if let Some(control) = &doc.control {
                 for ura in &counterparts {
                     let body = serde_json::to_vec(&sender_endpoints(ura)).unwrap_or_default();
@@ -262,6 +303,7 @@ pub async fn prepare(
                 options.answers.clone(),
                 options.interactive,
             ),
+            signer,
             _node: node,
         },
         redactor: if options.unredacted {
@@ -270,6 +312,43 @@ pub async fn prepare(
             Redactor::new()
         },
     }))
+}
+
+/// The harness's TLS settings, and for an embedded run the node's as well. An embedded run
+/// makes a fresh test PKI in a temporary folder, removed as soon as it is loaded; a remote
+/// target names the harness's material in its `tls` section.
+fn tls_settings(
+    target: &Target,
+    options: &RunOptions,
+) -> Result<(TlsSettings, Option<TlsSettings>), SetupError> {
+    match target.kind {
+        TargetKind::Embedded => {
+            let dir = tempfile::Builder::new()
+                .prefix("bgz-harness-pki-")
+                .tempdir()
+                .map_err(|e| SetupError::Tls(format!("failed to make a temporary folder: {e}")))?;
+            let spec = PkiSpec {
+                node: Organisation {
+                    name: target.organisation_name.clone(),
+                    ura: target.ura.clone(),
+                },
+                ..PkiSpec::default()
+            };
+            let pki = crate::pki::generate(&spec, dir.path())?;
+            let harness = TlsSettings::load(&pki.harness_tls(), options.server_verification)?;
+            let node = TlsSettings::load(&pki.node_tls(), ServerVerification::Verify)?;
+            Ok((harness, Some(node)))
+        }
+        TargetKind::Remote => {
+            let files = target.tls.as_ref().ok_or_else(|| {
+                SetupError::Tls(format!(
+                    "{}: a remote target needs a tls section (ca, client-cert, client-key): the agreement requires mutual TLS and signed client assertions; `bgz-harness certs` makes test material",
+                    target.file
+                ))
+            })?;
+            Ok((TlsSettings::load(files, options.server_verification)?, None))
+        }
+    }
 }
 
 /// The prepared run: context plus the redactor every outcome passes.

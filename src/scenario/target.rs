@@ -13,6 +13,7 @@ use super::load::{InputError, parse_duration, parse_yaml, read_text};
 use crate::fhir::catalogue::{CatalogueId, LastKnownForm, QueryOptions};
 use crate::node::Department;
 use crate::protocol::notification::Ident;
+use crate::transport::{PemSource, TlsFiles};
 
 /// Whether the harness starts the target itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +79,29 @@ struct TargetDoc {
     known_patients: Vec<String>,
     #[serde(default)]
     exchange_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    tls: Option<TlsDoc>,
+}
+
+/// The harness's TLS material for a remote target. Every value is a file path (relative to
+/// the target file) or `env:NAME`; PEM text itself is refused, so no secret sits in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TlsDoc {
+    /// The CA (PEM, may hold several certificates) that the target's server and client
+    /// certificates chain to.
+    ca: Spanned<String>,
+    /// CRLs (PEM) of that hierarchy; with any given, each CA in a chain needs one.
+    #[serde(default)]
+    crl: Vec<Spanned<String>>,
+    /// The harness's client certificate chain and key; the key also signs assertions.
+    client_cert: Spanned<String>,
+    client_key: Spanned<String>,
+    /// The simulators' server certificate chain and key; default: the client's.
+    #[serde(default)]
+    server_cert: Option<Spanned<String>>,
+    #[serde(default)]
+    server_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +166,8 @@ pub struct Target {
     /// Fixture keys of the patients the target knows.
     pub known_patients: Vec<String>,
     pub exchange_timeout: Duration,
+    /// The harness's TLS material for a remote target; an embedded run makes its own.
+    pub tls: Option<TlsFiles>,
     /// The file it came from, or `(embedded)`.
     pub file: String,
 }
@@ -174,6 +200,7 @@ impl Target {
             protocol: ProtocolProfile::default(),
             known_patients: vec!["known".to_owned(), "other".to_owned()],
             exchange_timeout: Duration::from_secs(10),
+            tls: None,
             file: "(embedded)".to_owned(),
         }
     }
@@ -252,6 +279,11 @@ impl Target {
                 .map_err(|m| InputError::at(&file, &text, spanned, m))?,
         };
 
+        let tls = match &doc.tls {
+            None => None,
+            Some(tls) => Some(tls_files(&file, &text, path, tls)?),
+        };
+
         Ok(Self {
             name: doc.name,
             kind: doc.kind,
@@ -265,7 +297,115 @@ impl Target {
             protocol: doc.protocol,
             known_patients: doc.known_patients,
             exchange_timeout,
+            tls,
             file,
         })
+    }
+}
+
+/// Resolves the `tls` section's values, refusing inline PEM text.
+fn tls_files(file: &str, text: &str, path: &Path, doc: &TlsDoc) -> Result<TlsFiles, InputError> {
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let source = |value: &Spanned<String>| {
+        if value.value.contains("-----BEGIN") || value.value.contains('\n') {
+            // No excerpt: the offending line may hold key material.
+            return Err(InputError::At {
+                file: file.to_owned(),
+                line: value.referenced.line(),
+                column: value.referenced.column(),
+                message: "PEM text is not allowed here; name a file or env:NAME".to_owned(),
+                excerpt: String::new(),
+            });
+        }
+        if value.value.trim().is_empty() || value.value == "env:" {
+            return Err(InputError::at(
+                file,
+                text,
+                value,
+                "expected a file path or env:NAME, found nothing",
+            ));
+        }
+        Ok(PemSource::parse(&value.value, base))
+    };
+    let client_cert = source(&doc.client_cert)?;
+    let client_key = source(&doc.client_key)?;
+    Ok(TlsFiles {
+        ca: vec![source(&doc.ca)?],
+        crl: doc.crl.iter().map(source).collect::<Result<_, _>>()?,
+        server_cert: match &doc.server_cert {
+            Some(value) => source(value)?,
+            None => client_cert.clone(),
+        },
+        server_key: match &doc.server_key {
+            Some(value) => source(value)?,
+            None => client_key.clone(),
+        },
+        client_cert,
+        client_key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REMOTE: &str = "name: r\nkind: remote\norganisation: { name: N, ura: \"90001234\" }\n\
+        departments:\n  - id: c\n    name: C\n    identifier: { system: s, value: c }\n\
+        endpoints: { notification: https://n.example/fhir, token: https://n.example/token }\n";
+
+    /// Loads the remote target plus `tls` from `<tempdir>/targets/t.yaml`; returns the
+    /// result and that folder.
+    fn load(tls: &str) -> (Result<Target, InputError>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("targets").join("t.yaml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("{REMOTE}{tls}")).unwrap();
+        (Target::load(&path), dir)
+    }
+
+    #[test]
+    fn the_tls_section_resolves_files_next_to_the_target_and_env_names() {
+        let (target, dir) = load(
+            "tls:\n  ca: ../pki/root-ca.pem\n  crl: [../pki/root-ca.crl.pem]\n  \
+             client-cert: ../pki/c.pem\n  client-key: env:CLIENT_KEY\n",
+        );
+        let tls = target.unwrap().tls.unwrap();
+        let file = |name: &str| PemSource::File(dir.path().join("targets").join(name));
+        assert_eq!(tls.ca, vec![file("../pki/root-ca.pem")]);
+        assert_eq!(tls.crl, vec![file("../pki/root-ca.crl.pem")]);
+        assert_eq!(tls.client_key, PemSource::Env("CLIENT_KEY".into()));
+        // Without a server certificate the simulators serve with the client's.
+        assert_eq!(tls.server_cert, file("../pki/c.pem"));
+        assert_eq!(tls.server_key, PemSource::Env("CLIENT_KEY".into()));
+        assert!(load("").0.unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn inline_pem_and_empty_values_are_refused_without_quoting_them() {
+        let error = load(
+            "tls:\n  ca: ca.pem\n  client-cert: c.pem\n  \
+             client-key: \"-----BEGIN PRIVATE KEY-----\\nMIIEsecret\"\n",
+        )
+        .0
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains(":12:") && error.contains("PEM text is not allowed"),
+            "{error}"
+        );
+        assert!(!error.contains("MIIEsecret"), "{error}");
+        let error = load("tls:\n  ca: \"\"\n  client-cert: c.pem\n  client-key: k.pem\n")
+            .0
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("expected a file path or env:NAME"),
+            "{error}"
+        );
+        let error = load("tls:\n  ca: ca.pem\n  client-cert: c.pem\n")
+            .0
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("client-key"), "{error}");
     }
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -25,7 +25,7 @@ use crate::protocol::token::{
     AssertionValidator, GRANT_TYPE, TokenResponse, form_value, opaque_token, parse_form,
     token_error, unix_now,
 };
-use crate::transport::RecordingServer;
+use crate::transport::{PeerCertificates, RecordingServer, TlsSettings};
 
 /// What one case receives.
 #[derive(Debug, Default)]
@@ -63,6 +63,7 @@ impl ReceiverSim {
         listen: SocketAddr,
         public_base: Option<String>,
         journal: Arc<Journal>,
+        tls: &TlsSettings,
     ) -> std::io::Result<Self> {
         let state = Arc::new(ReceiverState {
             base: OnceLock::new(),
@@ -82,15 +83,18 @@ impl ReceiverSim {
             journal,
             Party::Target,
             Party::HarnessReceiver,
+            Some(tls.server.clone()),
         )
         .await?;
         let base = public_base
             .unwrap_or_else(|| server.base_url())
             .trim_end_matches('/')
             .to_owned();
-        let _ = state
-            .validator
-            .set(AssertionValidator::new(&format!("{base}/token"), 5));
+        let _ = state.validator.set(AssertionValidator::new(
+            &format!("{base}/token"),
+            5,
+            tls.chains.clone(),
+        ));
         let _ = state.base.set(base);
         Ok(Self {
             state,
@@ -143,7 +147,11 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
     response
 }
 
-async fn token(State(state): State<Arc<ReceiverState>>, body: Bytes) -> Response {
+async fn token(
+    State(state): State<Arc<ReceiverState>>,
+    peer: Option<Extension<PeerCertificates>>,
+    body: Bytes,
+) -> Response {
     let form = parse_form(&body);
     let answer = |status, error: &str, description: &str| {
         attributed(
@@ -167,7 +175,11 @@ async fn token(State(state): State<Arc<ReceiverState>>, body: Bytes) -> Response
         );
     };
     if let Some(validator) = state.validator.get()
-        && let Err(e) = validator.validate(assertion, unix_now())
+        && let Err(e) = validator.validate(
+            assertion,
+            unix_now(),
+            &peer.map(|Extension(p)| p.0).unwrap_or_default(),
+        )
     {
         return answer(StatusCode::BAD_REQUEST, "invalid_client", &e.to_string());
     }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -25,10 +26,10 @@ use crate::fhir::search::SearchUrl;
 use crate::fhir::store::{PatientScope, ResourceStore};
 use crate::journal::{ExchangeKind, Journal, Party};
 use crate::protocol::token::{
-    AssertionValidator, GRANT_TYPE, TokenResponse, form_value, opaque_token, parse_form,
-    token_error, unix_now,
+    AssertionError, AssertionValidator, GRANT_TYPE, TokenResponse, form_value, opaque_token,
+    parse_form, token_error, unix_now,
 };
-use crate::transport::RecordingServer;
+use crate::transport::{PeerCertificates, RecordingServer, TlsSettings};
 
 /// Access-token lifetime in seconds (protocol profile default).
 pub const ACCESS_TOKEN_LIFETIME_S: i64 = 300;
@@ -79,12 +80,14 @@ pub struct SenderSim {
 }
 
 impl SenderSim {
-    /// Starts the simulator on `listen`; `public_base` overrides the address by which the
-    /// target reaches it (for a target on another host).
+    /// Starts the simulator on `listen`, serving HTTPS with the harness's server certificate
+    /// and requiring client certificates from `tls`'s CA; `public_base` overrides the address
+    /// by which the target reaches it (for a target on another host).
     pub async fn start(
         listen: SocketAddr,
         public_base: Option<String>,
         journal: Arc<Journal>,
+        tls: &TlsSettings,
     ) -> std::io::Result<Self> {
         let state = Arc::new(SenderState {
             base: OnceLock::new(),
@@ -98,14 +101,21 @@ impl SenderSim {
             .route("/fhir/{rtype}", get(search))
             .route("/fhir/{rtype}/{id}", get(read_or_operation))
             .with_state(state.clone());
-        let server =
-            RecordingServer::start(listen, router, journal, Party::Target, Party::HarnessSender)
-                .await?;
+        let server = RecordingServer::start(
+            listen,
+            router,
+            journal,
+            Party::Target,
+            Party::HarnessSender,
+            Some(tls.server.clone()),
+        )
+        .await?;
         let base = public_base.unwrap_or_else(|| server.base_url());
         let base = base.trim_end_matches('/').to_owned();
         let _ = state.validator.set(AssertionValidator::new(
             &format!("{base}/token"),
             state.leeway_s,
+            tls.chains.clone(),
         ));
         let _ = state.base.set(base);
         Ok(Self { state, server })
@@ -164,7 +174,11 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
     response
 }
 
-async fn token(State(state): State<Arc<SenderState>>, body: Bytes) -> Response {
+async fn token(
+    State(state): State<Arc<SenderState>>,
+    peer: Option<Extension<PeerCertificates>>,
+    body: Bytes,
+) -> Response {
     let form = parse_form(&body);
     let base = form_value(&form, "authorization_base");
     let share = base.and_then(|b| lock(&state.shares).get(b).cloned());
@@ -191,9 +205,14 @@ async fn token(State(state): State<Arc<SenderState>>, body: Bytes) -> Response {
             "client_assertion is missing",
         );
     };
-    if let Some(validator) = state.validator.get()
-        && let Err(e) = validator.validate(assertion, unix_now())
-    {
+    let presented = peer.map(|Extension(p)| p.0).unwrap_or_default();
+    let verdict = match state.validator.get() {
+        Some(validator) => validator.validate(assertion, unix_now(), &presented),
+        None => Err(AssertionError::Untrusted(
+            "the token endpoint is still starting".to_owned(),
+        )),
+    };
+    if let Err(e) = verdict {
         return answer(StatusCode::BAD_REQUEST, "invalid_client", &e.to_string());
     }
     let Some(share) = share else {

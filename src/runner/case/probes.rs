@@ -12,9 +12,7 @@ use crate::fhir::search::SearchUrl;
 use crate::journal::{Exchange, ExchangeKind};
 use crate::protocol::IDENTIFIER_SYSTEM;
 use crate::protocol::notification::{Ident, NotificationSpec, build_notification, new_identifier};
-use crate::protocol::token::{
-    AssertionClaims, UnsignedJws, encode_jwt, opaque_token, token_request_form, unix_now,
-};
+use crate::protocol::token::{AssertionClaims, opaque_token, token_request_form, unix_now};
 use crate::runner::outcome::{CheckOutcome, StepOutcome, Verdict};
 use crate::scenario::model::{CheckId, ProbeAttack, Step};
 use crate::transport::Outgoing;
@@ -215,11 +213,7 @@ impl CaseRun<'_> {
     ) -> Result<Exchange, String> {
         let authorization =
             AssertionClaims::new(&self.planned.counterpart.ura, url, unix_now(), 60);
-        let form = token_request_form(
-            &encode_jwt(client, &UnsignedJws),
-            &encode_jwt(&authorization, &UnsignedJws),
-            base,
-        );
+        let form = token_request_form(&self.sign(client)?, &self.sign(&authorization)?, base);
         let request = Outgoing::with_body(
             reqwest::Method::POST,
             url.to_owned(),
@@ -461,11 +455,7 @@ impl CaseRun<'_> {
     ) -> Result<Exchange, String> {
         let authorization =
             AssertionClaims::new(&self.planned.counterpart.ura, url, unix_now(), 60);
-        let form = token_request_form(
-            &encode_jwt(client, &UnsignedJws),
-            &encode_jwt(&authorization, &UnsignedJws),
-            base,
-        );
+        let form = token_request_form(&self.sign(client)?, &self.sign(&authorization)?, base);
         let request = Outgoing::with_body(
             reqwest::Method::POST,
             url.to_owned(),

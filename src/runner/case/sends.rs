@@ -20,9 +20,7 @@ use crate::fhir::store::{include_references, resource_key};
 use crate::journal::{Exchange, ExchangeKind};
 use crate::node::sender::{SendOutcome, SendRequest};
 use crate::protocol::notification::{Ident, ReceivedNotification, read_notification};
-use crate::protocol::token::{
-    AssertionClaims, UnsignedJws, encode_jwt, token_request_form, unix_now,
-};
+use crate::protocol::token::{AssertionClaims, token_request_form, unix_now};
 use crate::runner::outcome::{CheckOutcome, StepOutcome, Verdict};
 use crate::scenario::model::{CheckId, LetterOffer, Step, TriggerAction};
 use crate::transport::Outgoing;
@@ -363,7 +361,14 @@ impl CaseRun<'_> {
         let mut pulled = Pulled::default();
 
         // 1. The pull token, presenting the authorization base.
-        let form = self.pull_token_form(&token_url, notification.authorization_base.as_deref());
+        let form = match self
+            .pull_token_form(&token_url, notification.authorization_base.as_deref())
+        {
+            Ok(form) => form,
+            Err(problem) => {
+                return step_outcome(step, Verdict::Error, Vec::new(), Some(problem), Vec::new());
+            }
+        };
         match self
             .as_receiver(Outgoing::with_body(
                 reqwest::Method::POST,
@@ -485,16 +490,20 @@ impl CaseRun<'_> {
         step_outcome(step, Verdict::Pass, results, None, pulled.exchanges.clone())
     }
 
-    fn pull_token_form(&self, token_url: &str, authorization_base: Option<&str>) -> String {
+    fn pull_token_form(
+        &self,
+        token_url: &str,
+        authorization_base: Option<&str>,
+    ) -> Result<String, String> {
         let now = unix_now();
         let client_id = format!("urn:bgz-harness:receiver:{}", self.planned.counterpart.ura);
         let client = AssertionClaims::new(&client_id, token_url, now, 60);
         let authorization = AssertionClaims::new(&self.planned.counterpart.ura, token_url, now, 60);
-        token_request_form(
-            &encode_jwt(&client, &UnsignedJws),
-            &encode_jwt(&authorization, &UnsignedJws),
+        Ok(token_request_form(
+            &self.sign(&client)?,
+            &self.sign(&authorization)?,
             authorization_base,
-        )
+        ))
     }
 
     /// GETs `url`; returns the exchange id, the status and the body as JSON when it is.
@@ -820,7 +829,14 @@ impl CaseRun<'_> {
         };
         let mut problems = Vec::new();
         let mut shown = Vec::new();
-        let form = self.pull_token_form(&token_url, notification.authorization_base.as_deref());
+        let form = match self
+            .pull_token_form(&token_url, notification.authorization_base.as_deref())
+        {
+            Ok(form) => form,
+            Err(problem) => {
+                return step_outcome(step, Verdict::Error, Vec::new(), Some(problem), Vec::new());
+            }
+        };
         match self
             .as_receiver(Outgoing::with_body(
                 reqwest::Method::POST,

@@ -1,0 +1,620 @@
+//! Mutual TLS for both sides of the wire: loading PEM material (from files or `env:NAME`),
+//! server settings that require a client certificate chaining to the configured CA (with its
+//! CRLs, failing closed), client settings that present a certificate and trust only the
+//! configured CA, and the HTTPS accept loop that hands each request the peer's certificates.
+//!
+//! Only the aws-lc-rs provider is used, and no system or platform roots are ever loaded.
+//! Key material is never logged or put into an error message: errors name the source (a
+//! path or `env:NAME`), never its contents.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tower_service::Service;
+
+/// Longest a peer may take to finish the TLS handshake after connecting.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where PEM text comes from: a file, or an environment variable (`env:NAME`) so that
+/// secrets never sit in a target file. Shown as the path or `env:NAME`, never the contents.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PemSource {
+    File(PathBuf),
+    Env(String),
+}
+
+impl PemSource {
+    /// Reads `env:NAME` as an environment variable, anything else as a path relative to
+    /// `base` (the folder of the file that named it).
+    pub fn parse(text: &str, base: &Path) -> Self {
+        match text.strip_prefix("env:") {
+            Some(name) => PemSource::Env(name.to_owned()),
+            None => PemSource::File(base.join(text)),
+        }
+    }
+
+    fn read(&self) -> Result<Vec<u8>, TlsError> {
+        let failure = |reason: String| TlsError::Read {
+            source_name: self.to_string(),
+            reason,
+        };
+        match self {
+            PemSource::File(path) => std::fs::read(path).map_err(|e| failure(e.to_string())),
+            PemSource::Env(name) => std::env::var(name)
+                .map(String::into_bytes)
+                .map_err(|_| failure("the environment variable is not set or not UTF-8".into())),
+        }
+    }
+}
+
+impl fmt::Display for PemSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PemSource::File(path) => write!(f, "{}", path.display()),
+            PemSource::Env(name) => write!(f, "env:{name}"),
+        }
+    }
+}
+
+impl fmt::Debug for PemSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The TLS material of one side (the harness or the reference node), by source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Trust anchors (PEM certificates) for peer server and client certificates.
+    pub ca: Vec<PemSource>,
+    /// CRLs (PEM). With any CRL configured, every certificate of a chain needs a current
+    /// CRL from its issuer; an unknown status or an expired CRL fails the handshake.
+    pub crl: Vec<PemSource>,
+    /// This side's server certificate chain (leaf first) and private key.
+    pub server_cert: PemSource,
+    pub server_key: PemSource,
+    /// This side's client certificate chain and private key; the key also signs client
+    /// assertions.
+    pub client_cert: PemSource,
+    pub client_key: PemSource,
+}
+
+/// Why TLS material could not be loaded or put together.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("failed to read {source_name}: {reason}")]
+    Read { source_name: String, reason: String },
+    #[error("failed to parse {source_name}: {reason}")]
+    Parse { source_name: String, reason: String },
+    #[error("failed to build the TLS settings: {0}")]
+    Config(String),
+}
+
+/// A certificate chain (leaf first) with its private key. `Debug` never shows the key.
+pub struct TlsIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("chain", &self.chain.len())
+            .field("key", &"(hidden)")
+            .finish()
+    }
+}
+
+impl Clone for TlsIdentity {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// How a client checks the server's certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServerVerification {
+    /// Against the configured CA and CRLs (always, unless the user asks otherwise).
+    #[default]
+    Verify,
+    /// Not at all (`run --insecure-skip-verify`, diagnostics only; reports say so). The
+    /// handshake signature is still checked against the presented certificate.
+    InsecureSkip,
+}
+
+/// Server settings: this side's certificate, and a verifier that requires a client
+/// certificate chaining to the configured CA.
+#[derive(Debug, Clone)]
+pub struct ServerTls(pub Arc<ServerConfig>);
+
+/// Client settings: this side's client certificate, and the server verification.
+#[derive(Debug, Clone)]
+pub struct ClientTls(pub Arc<ClientConfig>);
+
+/// Checks that a certificate chain (leaf first) chains to the configured CA for client
+/// authentication, with the configured CRLs; used for the certificates behind a client
+/// assertion's signature.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier(Arc<dyn ClientCertVerifier>);
+
+impl ChainVerifier {
+    /// A verifier trusting `roots` and checking `crls`.
+    pub fn new(
+        roots: Vec<CertificateDer<'static>>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<Self, TlsError> {
+        let mut store = RootCertStore::empty();
+        for root in roots {
+            store
+                .add(root)
+                .map_err(|e| TlsError::Config(describe_tls_error(&e)))?;
+        }
+        let trust = Trust {
+            roots: Arc::new(store),
+            crls,
+        };
+        Ok(Self(client_verifier(&trust)?))
+    }
+
+    /// Verifies `chain` at `now` (seconds since the Unix epoch).
+    pub fn verify(&self, chain: &[CertificateDer<'static>], now: i64) -> Result<(), String> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err("the certificate chain is empty".to_owned());
+        };
+        let now = UnixTime::since_unix_epoch(Duration::from_secs(now.max(0).unsigned_abs()));
+        self.0
+            .verify_client_cert(leaf, intermediates, now)
+            .map(|_| ())
+            .map_err(|e| describe_tls_error(&e))
+    }
+}
+
+/// The certificates a TLS client presented on the connection a request came in on (leaf
+/// first); empty on plain HTTP. The HTTPS server puts it into every request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+
+/// Everything one side needs: serving, connecting, and checking assertion certificates.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub server: ServerTls,
+    pub client: ClientTls,
+    pub chains: ChainVerifier,
+    /// The client identity, whose key also signs client assertions.
+    pub client_identity: Arc<TlsIdentity>,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn parse_error(source: &PemSource, reason: impl Into<String>) -> TlsError {
+    TlsError::Parse {
+        source_name: source.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn load_certificates(source: &PemSource) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = source.read()?;
+    let certificates = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| parse_error(source, format!("not PEM certificates ({e})")))?;
+    if certificates.is_empty() {
+        return Err(parse_error(source, "no CERTIFICATE block found"));
+    }
+    Ok(certificates)
+}
+
+fn load_crls(source: &PemSource) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = source.read()?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| parse_error(source, format!("not PEM CRLs ({e})")))?;
+    if crls.is_empty() {
+        return Err(parse_error(source, "no X509 CRL block found"));
+    }
+    Ok(crls)
+}
+
+fn load_key(source: &PemSource) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = source.read()?;
+    // The parse error is generic on purpose: it must not echo any of the key's bytes.
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| {
+        parse_error(
+            source,
+            "no PKCS#8, PKCS#1 or SEC1 private key in PEM form found",
+        )
+    })
+}
+
+/// Loads a certificate chain and its key.
+pub fn load_identity(cert: &PemSource, key: &PemSource) -> Result<TlsIdentity, TlsError> {
+    Ok(TlsIdentity {
+        chain: load_certificates(cert)?,
+        key: load_key(key)?,
+    })
+}
+
+/// The trust anchors and CRLs of `files`.
+struct Trust {
+    roots: Arc<RootCertStore>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+fn load_trust(files: &TlsFiles) -> Result<Trust, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for source in &files.ca {
+        for certificate in load_certificates(source)? {
+            roots
+                .add(certificate)
+                .map_err(|e| parse_error(source, describe_tls_error(&e)))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Config(
+            "no CA certificate is configured (tls.ca)".to_owned(),
+        ));
+    }
+    let mut crls = Vec::new();
+    for source in &files.crl {
+        crls.extend(load_crls(source)?);
+    }
+    Ok(Trust {
+        roots: Arc::new(roots),
+        crls,
+    })
+}
+
+fn client_verifier(trust: &Trust) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider())
+        .with_crls(trust.crls.clone())
+        .enforce_revocation_expiration()
+        .build()
+        .map_err(|e| TlsError::Config(format!("client certificate verifier: {e}")))
+}
+
+impl TlsSettings {
+    /// Loads `files` and builds the settings. With [`ServerVerification::InsecureSkip`]
+    /// the client does not check server certificates; everything else still verifies.
+    pub fn load(files: &TlsFiles, verification: ServerVerification) -> Result<Self, TlsError> {
+        let trust = load_trust(files)?;
+        let server_identity = load_identity(&files.server_cert, &files.server_key)?;
+        let client_identity = load_identity(&files.client_cert, &files.client_key)?;
+        Ok(Self {
+            server: server_tls(&server_identity, &trust)?,
+            client: client_tls(&client_identity, &trust, verification)?,
+            chains: ChainVerifier(client_verifier(&trust)?),
+            client_identity: Arc::new(client_identity),
+        })
+    }
+}
+
+/// TLS 1.3 and 1.2 (protocol.md §3).
+fn versions() -> &'static [&'static rustls::SupportedProtocolVersion] {
+    rustls::ALL_VERSIONS
+}
+
+fn server_tls(identity: &TlsIdentity, trust: &Trust) -> Result<ServerTls, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions())
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(client_verifier(trust)?)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| TlsError::Config(format!("server certificate: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(ServerTls(Arc::new(config)))
+}
+
+fn client_tls(
+    identity: &TlsIdentity,
+    trust: &Trust,
+    verification: ServerVerification,
+) -> Result<ClientTls, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match verification {
+        ServerVerification::Verify => {
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                trust.roots.clone(),
+                provider(),
+            )
+            .with_crls(trust.crls.clone())
+            .enforce_revocation_expiration()
+            .build()
+            .map_err(|e| TlsError::Config(format!("server certificate verifier: {e}")))?;
+            builder.with_webpki_verifier(verifier)
+        }
+        ServerVerification::InsecureSkip => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider()))),
+    };
+    let config = builder
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| TlsError::Config(format!("client certificate: {e}")))?;
+    Ok(ClientTls(Arc::new(config)))
+}
+
+/// Client settings for a client that has no TLS material: every HTTPS server is refused,
+/// because no CA is trusted and system roots are never used.
+pub(crate) fn untrusting_client_config() -> ClientConfig {
+    ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions())
+        .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoTrustedCa(provider())))
+        .with_no_client_auth()
+}
+
+/// Refuses every server certificate: no CA is configured.
+#[derive(Debug)]
+struct NoTrustedCa(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoTrustedCa {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::General(
+            "no CA is configured to verify HTTPS servers (add a tls section)".to_owned(),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Accepts any server certificate (still checking the handshake signature against it).
+/// Used only for `run --insecure-skip-verify`, which warns and marks every report.
+#[derive(Debug)]
+struct AnyServerCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A readable sentence for a rustls error, naming the certificate problem or the alert the
+/// peer sent.
+pub(crate) fn describe_tls_error(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InvalidCertificate(reason) => {
+            format!("the certificate was refused: {reason:?}")
+        }
+        rustls::Error::AlertReceived(alert) => {
+            format!("the peer refused the TLS handshake with alert {alert:?}")
+        }
+        rustls::Error::NoCertificatesPresented => "no client certificate was presented".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Finds a rustls error in an error's source chain, also inside (nested) I/O errors, whose
+/// `source` skips the error they wrap.
+pub(crate) fn find_tls_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        current = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    None
+}
+
+/// Serves `router` over HTTPS on `listener` until the task is aborted; aborting it also
+/// ends every open connection. A failed handshake ends that connection only.
+pub(crate) async fn serve_tls(listener: TcpListener, router: Router, tls: ServerTls) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.0);
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                tracing::debug!("failed to accept a connection: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        connections.spawn(async move {
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        let reason = find_tls_error(&error)
+                            .map(describe_tls_error)
+                            .unwrap_or_else(|| error.to_string());
+                        tracing::debug!("refused a TLS connection: {reason}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let peer = PeerCertificates(Arc::new(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                    .unwrap_or_default(),
+            ));
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(peer.clone());
+                    let mut router = router.clone();
+                    async move { router.call(request).await }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
+        ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, SerialNumber,
+    };
+
+    fn key() -> KeyPair {
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a P-256 key")
+    }
+
+    #[test]
+    fn a_chain_is_refused_when_its_crl_has_expired_or_its_issuer_has_none() {
+        let new_ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            CertifiedIssuer::self_signed(params, key()).unwrap()
+        };
+        let (ca, other_ca) = (new_ca("test CA"), new_ca("other CA"));
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf = params.signed_by(&key(), &*ca).unwrap().der().clone();
+
+        let now = time::OffsetDateTime::now_utc();
+        let crl = |issuer: &CertifiedIssuer<'static, KeyPair>,
+                   next_update: time::OffsetDateTime| {
+            CertificateRevocationListParams {
+                this_update: now - time::Duration::days(30),
+                next_update,
+                crl_number: SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: Vec::new(),
+                key_identifier_method: KeyIdMethod::Sha256,
+            }
+            .signed_by(&**issuer)
+            .unwrap()
+            .der()
+            .clone()
+        };
+        let verify = |crls| {
+            ChainVerifier::new(vec![ca.der().clone()], crls)
+                .unwrap()
+                .verify(std::slice::from_ref(&leaf), now.unix_timestamp())
+        };
+
+        assert_eq!(
+            verify(vec![crl(&ca, now + time::Duration::days(1))]),
+            Ok(())
+        );
+        let stale = verify(vec![crl(&ca, now - time::Duration::days(1))]).unwrap_err();
+        assert!(stale.contains("ExpiredRevocationList"), "{stale}");
+        let unknown = verify(vec![crl(&other_ca, now + time::Duration::days(1))]).unwrap_err();
+        assert!(unknown.contains("UnknownRevocationStatus"), "{unknown}");
+        // No CRLs at all: revocation is not checked (a remote target may configure none).
+        assert_eq!(verify(Vec::new()), Ok(()));
+    }
+}
