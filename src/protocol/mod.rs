@@ -2,6 +2,8 @@
 //! the cancellation, token requests with their client assertion, and token responses.
 
 pub mod notification;
+pub mod sbvz;
+pub mod soap;
 pub mod token;
 
 /// Value of `Task.code` for a notification.

@@ -2,6 +2,7 @@
 //! over fixture data). Everything they serve is journaled by the transport's middleware.
 
 pub mod receiver;
+pub mod sbvz;
 pub mod sender;
 
 use axum::http::{HeaderValue, StatusCode, header};
