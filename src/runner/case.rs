@@ -35,6 +35,10 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The target's inbox entry for a notification with the inspection exchange, `None` when
+/// there is no inspection API or no entry; an error when the inspection API failed.
+type Inspected = Result<Option<(InboxEntry, String)>, String>;
+
 /// How long a case must be without new exchanges before await-pull judges it.
 const SETTLE: Duration = Duration::from_millis(100);
 
@@ -284,6 +288,14 @@ impl CaseRun<'_> {
                 id,
             ));
         }
+        let content_type =
+            crate::fhir::media::essence(response.header("content-type").unwrap_or("none"));
+        if content_type != "application/json" {
+            let problem = format!(
+                "the token response is labelled `{content_type}`; RFC 6749 §5.1 requires application/json"
+            );
+            return Err((Verdict::Fail, problem, id));
+        }
         match serde_json::from_slice::<TokenResponse>(&response.body.bytes) {
             Ok(token) if token.token_type.eq_ignore_ascii_case("bearer") => {
                 Ok((token.access_token, id))
@@ -495,7 +507,10 @@ impl CaseRun<'_> {
             journal.wait_for_change(remaining.min(SETTLE)).await;
         }
 
-        let inbox = self.inspect_inbox(&sent, deadline).await;
+        let (inbox, inspection_problem) = match self.inspect_inbox(&sent, deadline).await {
+            Ok(inbox) => (inbox, None),
+            Err(problem) => (None, Some(problem)),
+        };
         if let Some(entry) = &inbox {
             self.state.inbox = Some(entry.clone());
         }
@@ -520,7 +535,13 @@ impl CaseRun<'_> {
             .filter(|e| e.at_us >= sent.at_us)
             .map(|e| e.id.clone())
             .collect();
-        step_outcome(step, Verdict::Pass, results, None, shown)
+        // A broken inspection API is the harness's blind spot, not the target's failure.
+        let verdict = if inspection_problem.is_some() {
+            Verdict::Error
+        } else {
+            Verdict::Pass
+        };
+        step_outcome(step, verdict, results, inspection_problem, shown)
     }
 
     async fn cancel(&mut self, step: &Step, observe: Duration) -> StepOutcome {
@@ -607,7 +628,7 @@ impl CaseRun<'_> {
 
     /// Reads the target's inbox entry for the notification once the target has finished
     /// pulling, when the target has an inspection API.
-    async fn inspect_inbox(&self, sent: &Sent, deadline: Instant) -> Option<(InboxEntry, String)> {
+    async fn inspect_inbox(&self, sent: &Sent, deadline: Instant) -> Inspected {
         self.inspect_inbox_until(sent, deadline, |e| e.status != InboxStatus::Pulling)
             .await
     }
@@ -619,8 +640,10 @@ impl CaseRun<'_> {
         sent: &Sent,
         deadline: Instant,
         settled: impl Fn(&InboxEntry) -> bool,
-    ) -> Option<(InboxEntry, String)> {
-        let inspect = self.ctx.endpoints.inspect_url.as_ref()?;
+    ) -> Inspected {
+        let Some(inspect) = self.ctx.endpoints.inspect_url.as_ref() else {
+            return Ok(None);
+        };
         let deadline = deadline.max(Instant::now() + Duration::from_secs(2));
         loop {
             let filter = crate::fhir::search::encode(&sent.identifier.value);
@@ -629,18 +652,33 @@ impl CaseRun<'_> {
                 ExchangeKind::Inspection,
             )
             .for_case(self.case_id());
-            let exchange = self.ctx.inspector.send(request).await.ok()?;
-            let body: Value = exchange.response.as_ref().and_then(|r| r.body.json())?;
-            let entry = body["entries"]
-                .as_array()?
+            let exchange = self
+                .ctx
+                .inspector
+                .send(request)
+                .await
+                .map_err(|e| format!("the inspection API failed: {e}"))?;
+            let status = exchange.response.as_ref().map_or(0, |r| r.status);
+            let body: Option<Value> = exchange.response.as_ref().and_then(|r| r.body.json());
+            let Some(listed) = body
+                .as_ref()
+                .and_then(|b| b["entries"].as_array())
+                .filter(|_| status == 200)
+            else {
+                return Err(format!(
+                    "the inspection API answered {status} without an inbox ({})",
+                    exchange.id
+                ));
+            };
+            let entry = listed
                 .iter()
                 .filter_map(|e| serde_json::from_value::<InboxEntry>(e.clone()).ok())
                 .find(|e| e.notification == sent.identifier.value);
             match entry {
                 Some(entry) if settled(&entry) => {
-                    return Some((entry, exchange.id));
+                    return Ok(Some((entry, exchange.id)));
                 }
-                _ if Instant::now() >= deadline => return entry.map(|e| (e, exchange.id)),
+                _ if Instant::now() >= deadline => return Ok(entry.map(|e| (e, exchange.id))),
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
@@ -657,9 +695,21 @@ impl CaseRun<'_> {
         let check = match fact {
             ConfirmFact::ReferralCancelled => {
                 let deadline = Instant::now() + Duration::from_secs(3);
-                let inbox = self
+                let inbox = match self
                     .inspect_inbox_until(&sent, deadline, |e| e.status == InboxStatus::Cancelled)
-                    .await;
+                    .await
+                {
+                    Ok(inbox) => inbox,
+                    Err(problem) => {
+                        return step_outcome(
+                            step,
+                            Verdict::Error,
+                            Vec::new(),
+                            Some(problem),
+                            Vec::new(),
+                        );
+                    }
+                };
                 checks::referral_cancelled(
                     inbox.as_ref().map(|(e, _)| e),
                     inbox.as_ref().map(|(_, id)| id.as_str()),
@@ -670,7 +720,18 @@ impl CaseRun<'_> {
                     Some(inbox) => Some(inbox),
                     None => {
                         let deadline = Instant::now() + Duration::from_secs(5);
-                        self.inspect_inbox(&sent, deadline).await
+                        match self.inspect_inbox(&sent, deadline).await {
+                            Ok(inbox) => inbox,
+                            Err(problem) => {
+                                return step_outcome(
+                                    step,
+                                    Verdict::Error,
+                                    Vec::new(),
+                                    Some(problem),
+                                    Vec::new(),
+                                );
+                            }
+                        }
                     }
                 };
                 checks::referral_filed(

@@ -158,7 +158,7 @@ impl ExchangeRecord {
             pairs
                 .iter()
                 .filter(|(n, _)| SHOWN_HEADERS.contains(&n.to_ascii_lowercase().as_str()))
-                .map(|(n, v)| (n.to_ascii_lowercase(), redactor.header(n, v)))
+                .map(|(n, v)| (n.to_ascii_lowercase(), printable(&redactor.header(n, v))))
                 .collect::<Vec<_>>()
         };
         let response = exchange.response.as_ref();
@@ -170,7 +170,7 @@ impl ExchangeRecord {
             at_ms: exchange.at_us / 1000,
             duration_ms: u64::try_from(exchange.duration.as_millis()).unwrap_or(u64::MAX),
             method: exchange.request.method.clone(),
-            url: redactor.text(&exchange.request.url),
+            url: printable(&redactor.text(&exchange.request.url)),
             request_headers: headers(&exchange.request.headers),
             request_body: show_body(&exchange.request.body, redactor),
             status: response.map(|r| r.status),
@@ -180,7 +180,10 @@ impl ExchangeRecord {
             response_sha256: response
                 .filter(|r| !r.body.bytes.is_empty())
                 .map(|r| r.body.sha256()),
-            error: exchange.error.as_ref().map(|e| redactor.text(e)),
+            error: exchange
+                .error
+                .as_ref()
+                .map(|e| printable(&redactor.text(e))),
         }
     }
 }
@@ -215,7 +218,8 @@ fn show_body(body: &Body, redactor: &Redactor) -> Option<String> {
     }
 }
 
-fn cut(mut text: String) -> String {
+fn cut(text: String) -> String {
+    let mut text = printable(&text);
     if text.len() > MAX_SHOWN_BODY {
         let mut end = MAX_SHOWN_BODY;
         while !text.is_char_boundary(end) {
@@ -230,15 +234,31 @@ fn cut(mut text: String) -> String {
     text
 }
 
-/// Redacts the free-text fields of a finished case.
+/// Redacts the free-text fields of a finished case, and makes them printable: text that a
+/// peer sent may hold terminal escapes or control bytes, which never reach a console or a
+/// report.
 pub fn redact_outcome(mut outcome: CaseOutcome, redactor: &Redactor) -> CaseOutcome {
+    let clean = |text: &str| printable(&redactor.text(text));
     for step in &mut outcome.steps {
-        step.problem = step.problem.as_ref().map(|p| redactor.text(p));
+        step.problem = step.problem.as_ref().map(|p| clean(p));
         for check in &mut step.checks {
-            check.expected = redactor.text(&check.expected);
-            check.actual = redactor.text(&check.actual);
-            check.message = redactor.text(&check.message);
+            check.expected = clean(&check.expected);
+            check.actual = clean(&check.actual);
+            check.message = clean(&check.message);
         }
     }
     outcome
+}
+
+/// Replaces control characters other than newline and tab with U+FFFD.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
 }

@@ -77,12 +77,34 @@ fn excerpt(text: &str, location: Location) -> String {
         return String::new();
     };
     let column = usize::try_from(location.column.saturating_sub(1)).unwrap_or(0);
-    let caret: String = line
+    // A window of at most 100 characters around the column, so a huge line stays short.
+    let start = column.saturating_sub(60);
+    let shown: String = line.chars().skip(start).take(100).collect();
+    let shown: String = shown
         .chars()
-        .take(column)
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let caret: String = shown
+        .chars()
+        .take(column - start)
         .map(|c| if c == '\t' { '\t' } else { ' ' })
         .collect();
-    format!("\n    | {line}\n    | {caret}^")
+    let (before, after) = (
+        if start > 0 { "…" } else { "" },
+        if line.chars().count() > start + 100 {
+            "…"
+        } else {
+            ""
+        },
+    );
+    let pad = if start > 0 { " " } else { "" };
+    format!("\n    | {before}{shown}{after}\n    | {pad}{caret}^")
 }
 
 /// Largest YAML file accepted; scenario, phase and target files are small.
@@ -154,10 +176,17 @@ fn strip_location_prefix(message: &str) -> String {
     {
         return after.to_owned();
     }
-    message.to_owned()
+    // Some messages end with the location as well.
+    match message.rfind(" at line ") {
+        Some(index) if message[index..].contains(", column ") => message[..index].to_owned(),
+        _ => message.to_owned(),
+    }
 }
 
-/// Parses a duration such as `500ms`, `2s` or `1m`.
+/// The longest duration a file may give: no step waits longer than a day.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parses a duration such as `500ms`, `2s` or `1m`, at most 24 hours.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = text
@@ -167,14 +196,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let value: u64 = number.parse().map_err(|_| {
         format!("expected a duration such as `500ms`, `2s` or `1m`, found `{text}`")
     })?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
-        _ => Err(format!(
-            "expected a duration such as `500ms`, `2s` or `1m`, found `{text}`"
-        )),
+    let duration = match unit {
+        "ms" => Duration::from_millis(value),
+        "s" => Duration::from_secs(value),
+        "m" => Duration::from_secs(value.saturating_mul(60)),
+        _ => {
+            return Err(format!(
+                "expected a duration such as `500ms`, `2s` or `1m`, found `{text}`"
+            ));
+        }
+    };
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "`{text}` is longer than the longest wait allowed (24 h)"
+        ));
     }
+    Ok(duration)
 }
 
 fn spanned_duration(
@@ -577,6 +614,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("y.yaml:1:"), "{error}");
+    }
+
+    #[test]
+    fn absurd_durations_are_refused() {
+        assert!(
+            parse_duration("18446744073709551615s")
+                .unwrap_err()
+                .contains("24 h")
+        );
+        assert!(parse_duration("25h").is_err());
+        assert_eq!(parse_duration("1440m"), Ok(Duration::from_secs(86_400)));
+    }
+
+    #[test]
+    fn an_error_on_a_huge_line_quotes_a_short_window() {
+        let line = format!("id: {}x", "a".repeat(100_000));
+        let excerpt = excerpt(
+            &line,
+            Location {
+                line: 1,
+                column: 100_004,
+            },
+        );
+        assert!(excerpt.len() < 400, "{}", excerpt.len());
+        assert!(excerpt.contains('^'));
     }
 
     #[test]

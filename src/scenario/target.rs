@@ -172,6 +172,19 @@ pub struct Target {
     pub file: String,
 }
 
+/// Checks that an endpoint is an http(s) URL with a host and a valid port.
+fn usable_url(text: &str) -> Result<(), &'static str> {
+    let url =
+        url::Url::parse(text).map_err(|_| "is not a URL (expected https://host[:port]/path)")?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("is not an http(s) URL");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host");
+    }
+    Ok(())
+}
+
 /// URA of the embedded reference node.
 pub const EMBEDDED_URA: &str = "90000456";
 
@@ -234,13 +247,19 @@ impl Target {
                 });
             }
             (TargetKind::Remote, Some(spanned)) => {
-                for url in [&spanned.value.notification, &spanned.value.token] {
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                let e = &spanned.value;
+                let optional = [&e.inspect, &e.control, &e.sender_fhir_base, &e.sender_token];
+                let urls = [Some(&e.notification), Some(&e.token)]
+                    .into_iter()
+                    .chain(optional.map(Option::as_ref))
+                    .flatten();
+                for url in urls {
+                    if let Err(why) = usable_url(url) {
                         return Err(InputError::at(
                             &file,
                             &text,
                             &spanned,
-                            format!("`{url}` is not an http(s) URL"),
+                            format!("`{url}` {why}"),
                         ));
                     }
                 }
@@ -275,8 +294,19 @@ impl Target {
         };
         let exchange_timeout = match &doc.exchange_timeout {
             None => Duration::from_secs(10),
-            Some(spanned) => parse_duration(&spanned.value)
-                .map_err(|m| InputError::at(&file, &text, spanned, m))?,
+            Some(spanned) => {
+                let timeout = parse_duration(&spanned.value)
+                    .map_err(|m| InputError::at(&file, &text, spanned, m))?;
+                if timeout < Duration::from_millis(100) {
+                    return Err(InputError::at(
+                        &file,
+                        &text,
+                        spanned,
+                        "an exchange timeout under 100ms would fail every exchange",
+                    ));
+                }
+                timeout
+            }
         };
 
         let tls = match &doc.tls {

@@ -385,7 +385,17 @@ impl CaseRun<'_> {
                 let token = serde_json::from_slice::<Value>(&response.body.bytes)
                     .ok()
                     .and_then(|v| v["access_token"].as_str().map(str::to_owned));
+                let content_type =
+                    crate::fhir::media::essence(response.header("content-type").unwrap_or("none"));
                 match (response.status, token) {
+                    (200, Some(_)) if content_type != "application/json" => {
+                        pulled.token_problem = Some((
+                            format!(
+                                "the token response is labelled `{content_type}`; RFC 6749 §5.1 requires application/json"
+                            ),
+                            vec![exchange.id],
+                        ));
+                    }
                     (200, Some(token)) => pulled.token = Some(token),
                     (status, _) => {
                         pulled.token_problem = Some((
@@ -545,13 +555,20 @@ impl CaseRun<'_> {
             match_profiles: &profile_refs,
         };
         let (mut total, mut matches) = (None, 0u64);
+        let mut visited = std::collections::BTreeSet::new();
         for _ in 0..MAX_PAGES {
+            visited.insert(url.clone());
             let (exchange, status, body) = self
                 .get(&url, token, "application/fhir+json", ExchangeKind::Search)
                 .await?;
             pulled.exchanges.push(exchange.clone());
-            let Some(bundle) = body.filter(|_| status == 200) else {
+            if status != 200 {
                 return Err(format!("`{value}` answered {status} ({exchange})"));
+            }
+            let Some(bundle) = body else {
+                return Err(format!(
+                    "`{value}` answered 200 but the body is not JSON (invalid JSON, invalid UTF-8, or nested too deep) ({exchange})"
+                ));
             };
             for finding in check_searchset(&bundle, &context) {
                 pulled.findings.push((finding, exchange.clone()));
@@ -565,6 +582,22 @@ impl CaseRun<'_> {
                 .count() as u64;
             resources.extend(entries(&bundle).map(|(r, _)| r.clone()));
             match next_link(&bundle) {
+                // A next link is followed only below the sender's own FHIR base: the pull
+                // token never goes to another host.
+                Some(next) if !next.starts_with(&format!("{}/", base.trim_end_matches('/'))) => {
+                    pulled.findings.push((
+                        Finding { rule: "next-foreign", severity: Severity::Error, location: format!("search `{value}`"), message: format!("the next link `{next}` leaves the FHIR base {base}; it was not followed") },
+                        exchange.clone(),
+                    ));
+                    break;
+                }
+                Some(next) if visited.contains(next) => {
+                    pulled.findings.push((
+                        Finding { rule: "next-loop", severity: Severity::Error, location: format!("search `{value}`"), message: format!("the next link `{next}` points at a page already read; paging stopped") },
+                        exchange.clone(),
+                    ));
+                    break;
+                }
                 Some(next) => url = next.to_owned(),
                 None => break,
             }
