@@ -177,7 +177,7 @@ enum NodeCommand {
         certs: PathBuf,
         /// Base URL of the SBV-Z service to verify unknown patients at: the harness's SBV-Z
         /// double, at `simulators.sbvz-listen` of targets/reference-node.yaml.
-        #[arg(long, default_value = "http://127.0.0.1:8500")]
+        #[arg(long, default_value = "https://127.0.0.1:8500")]
         sbvz: Option<String>,
     },
     /// List the fault switches, one name per line.

@@ -41,7 +41,7 @@ fn serve(dir: &Path) -> (Server, String, u16) {
         ])
         .arg(dir.join("pki"))
         .arg("--sbvz")
-        .arg(format!("http://127.0.0.1:{sbvz_port}"))
+        .arg(format!("https://127.0.0.1:{sbvz_port}"))
         .stdout(Stdio::piped())
         .spawn()
         .expect("node serve starts");

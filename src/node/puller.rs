@@ -330,8 +330,13 @@ async fn verify_at_sbvz(
         Default::default(),
     )
     .map_err(|e| e.to_string())?;
-    let response = state
-        .sbvz_http
+    // The node's TLS client for an https binding (mutual TLS, like the real service).
+    let client = if base.starts_with("https://") {
+        &state.http
+    } else {
+        &state.sbvz_http
+    };
+    let response = client
         .post(request.url(base))
         .header("content-type", crate::protocol::soap::CONTENT_TYPE)
         .header("SOAPAction", request.soap_action_header())

@@ -168,13 +168,17 @@ pub async fn prepare(
     let to_target = client(Party::HarnessSender, Party::Target)?;
     let as_receiver = client(Party::HarnessReceiver, Party::Target)?;
     let sbvz_listen = target.sbvz_listen;
-    let sbvz = crate::sim::sbvz::SbvzDouble::start(sbvz_listen, journal.clone())
-        .await
-        .map_err(|source| SetupError::Bind {
-            what: "the SBV-Z double",
-            addr: sbvz_listen,
-            source,
-        })?;
+    let sbvz = crate::sim::sbvz::SbvzDouble::start_with_tls(
+        sbvz_listen,
+        journal.clone(),
+        Some(harness_tls.server.clone()),
+    )
+    .await
+    .map_err(|source| SetupError::Bind {
+        what: "the SBV-Z double",
+        addr: sbvz_listen,
+        source,
+    })?;
     let receiver_listen = SocketAddr::new(target.simulator_listen.ip(), 0);
     let receiver = crate::sim::receiver::ReceiverSim::start(
         receiver_listen,
