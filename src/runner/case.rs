@@ -520,7 +520,6 @@ impl CaseRun<'_> {
         let fhir_base = self.ctx.sender.fhir_base();
         let production =
             self.planned.environment == crate::scenario::model::Environment::Production;
-        let sbvz_calls = self.sbvz_calls();
 
         // Wait until every listed wire check passes, the target falls quiet, or time is up.
         // Judge only once the case has settled for a moment: judging parses every body, and
@@ -539,6 +538,7 @@ impl CaseRun<'_> {
             }
             if seen != judged && last_change.elapsed() >= SETTLE {
                 judged = seen;
+                let sbvz_calls = self.sbvz_calls();
                 let exchanges = journal.for_case(&case_id);
                 let unattributed = journal.unattributed_since(sent.at_us);
                 let evidence = Evidence {
@@ -552,10 +552,16 @@ impl CaseRun<'_> {
                     sbvz_calls: &sbvz_calls,
                     production,
                 };
+                // The registration can only be judged from the inbox, after the wait.
                 let all_pass = step
                     .checks
                     .iter()
+                    .filter(|c| **c != CheckId::RegistrationFollowsSbvz)
                     .all(|c| checks::evaluate(*c, &evidence).verdict == Verdict::Pass);
+                // Once SBV-Z was asked, the double's answer for this BSN is free for the next case.
+                if !sbvz_calls.is_empty() {
+                    self.state.sbvz_turn = None;
+                }
                 if all_pass {
                     break;
                 }
