@@ -644,7 +644,9 @@ impl Reports {
             .find(|(text, listed)| says(text) && names(text, listed));
         let Some((text, _)) = found else {
             panic!(
-                "UNCLEAR: no step problem or failed check says {phrases:?} and names an exchange with `{url_part}` ({exchanges:?}); they say:\n{:#?}",
+                "UNCLEAR: no step problem or failed check says {phrases:?} and names an exchange with `{url_part}` ({} of them, first {:?}); they say:\n{:#?}",
+                exchanges.len(),
+                exchanges.first(),
                 statements
                     .iter()
                     .map(|(t, l)| format!("{t} {l}"))
