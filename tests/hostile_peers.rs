@@ -1,7 +1,8 @@
 //! A hostile target, direction target-receives: the harness notifies a node whose token
-//! endpoint or notification endpoint misbehaves on the wire. Every run must end in bounded
-//! time with exit 1, never a panic or a hang, write all three reports, and name the
-//! failing exchange with a clear reason. The other endpoint of the node behaves.
+//! endpoint, notification endpoint, inspection API or control API misbehaves on the wire.
+//! Every run must end in bounded time with exit 1, never a panic or a hang, write all three
+//! reports, and name the failing exchange with a clear reason. The node's other endpoints
+//! behave.
 
 mod common;
 
@@ -18,10 +19,14 @@ const LIMIT: Duration = Duration::from_secs(20);
 const EXCHANGE_TIMEOUT: &str = "2s";
 
 /// Which endpoint of the target misbehaves.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum At {
     Token,
     Notification,
+    /// The inspection API (the target file names one).
+    Inspect,
+    /// The control API (the target file names one).
+    Control,
 }
 
 impl At {
@@ -30,32 +35,38 @@ impl At {
         match self {
             At::Token => "/token",
             At::Notification => "/fhir/Task",
+            At::Inspect => "/inspect",
+            At::Control => "/control",
         }
     }
 }
 
-/// Runs known-patient against a node whose `at` endpoint answers with `hostile()`, and
-/// returns the finished run after the checks every hostile run must pass.
-async fn run_against(
+/// Runs known-patient against a node whose `at` endpoint answers with `hostile()`; the
+/// token and notification endpoints otherwise behave, and the node never pulls.
+async fn start_run(
     at: At,
     hostile: impl Fn() -> Wire + Send + Sync + 'static,
-) -> (Finished, Reports, tempfile::TempDir) {
+) -> (Finished, tempfile::TempDir) {
     let server = HostileServer::start(move |seen| {
-        let is_token = seen.target.starts_with("/token");
-        match (at, is_token) {
-            (At::Token, true) | (At::Notification, false) => hostile(),
-            (At::Token, false) => good_notification(),
-            (At::Notification, true) => good_token(),
+        if seen.target.starts_with(at.url_part()) {
+            hostile()
+        } else if seen.target.starts_with("/token") {
+            good_token()
+        } else {
+            good_notification()
         }
     })
     .await;
     let dir = tempfile::tempdir().expect("a temporary folder");
     let root = short_project(dir.path());
+    let api = |wanted: At| (at == wanted).then(|| format!("{}{}", server.base(), at.url_part()));
     let target = target_file(
         dir.path(),
         &Endpoints {
             notification: format!("{}/fhir", server.base()),
             token: format!("{}/token", server.base()),
+            inspect: api(At::Inspect),
+            control: api(At::Control),
             ..Endpoints::default()
         },
         EXCHANGE_TIMEOUT,
@@ -67,6 +78,15 @@ async fn run_against(
         "{at:?}: finished in {:?} with {:?}",
         finished.elapsed, finished.code
     );
+    (finished, dir)
+}
+
+/// [`start_run`], then the checks every hostile run must pass; returns the reports too.
+async fn run_against(
+    at: At,
+    hostile: impl Fn() -> Wire + Send + Sync + 'static,
+) -> (Finished, Reports, tempfile::TempDir) {
+    let (finished, dir) = start_run(at, hostile).await;
     finished.assert_failed_cleanly(LIMIT);
     let reports = finished.reports();
     (finished, reports, dir)
@@ -364,7 +384,7 @@ fn garbage_location(at: At) -> Wire {
     bytes.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
     let body: &[u8] = match at {
         At::Token => TOKEN_JSON,
-        At::Notification => b"",
+        _ => b"",
     };
     bytes.extend_from_slice(format!("{}\r\nConnection: close\r\n\r\n", body.len()).as_bytes());
     bytes.extend_from_slice(body);
@@ -437,5 +457,50 @@ async fn token_endpoint_error_page_with_control_bytes_leaves_none_in_report_html
         control_characters(&reports.html),
         Vec::<char>::new(),
         "report.html carries the peer's control characters"
+    );
+}
+
+// --- the inspection API and the control API ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspection_api_answering_an_html_page_leaves_referral_filed_unproven() {
+    let (_, reports, _dir) = run_against(At::Inspect, || {
+        response("200 OK", &[("Content-Type", "text/html")], &html_page())
+    })
+    .await;
+    reports.assert_says(&["referral-filed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: when the inspection API does not answer, referral-filed fails with \"the target's inbox has no entry for this notification\" and names no exchange: a harness-side error is reported as a target failure"]
+async fn inspection_api_that_never_answers_is_an_error_naming_the_inspection() {
+    let (_, reports, _dir) = run_against(At::Inspect, || Wire::Silent).await;
+    let referral_filed = reports.json["cases"][0]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["checks"].as_array().into_iter().flatten())
+        .find(|c| c["check"] == "referral-filed")
+        .cloned()
+        .expect("the confirm step ran its check");
+    assert_eq!(
+        referral_filed["verdict"], "error",
+        "an unanswered inspection cannot prove the target wrong: {referral_filed:#}"
+    );
+    reports.assert_names_exchange("/inspect", &["within the timeout"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_api_that_never_answers_stops_the_run_in_bounded_time_naming_it() {
+    // Registering the harness's sender is set-up: a run that cannot set up ends with exit 2
+    // and writes no report.
+    let (finished, _dir) = start_run(At::Control, || Wire::Silent).await;
+    assert!(finished.elapsed <= LIMIT, "{:?}", finished.elapsed);
+    assert!(!finished.stderr.contains("panicked"), "{}", finished.stderr);
+    assert_eq!(finished.code, Some(2), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("/control/senders") && finished.stderr.contains("timeout"),
+        "{}",
+        finished.stderr
     );
 }

@@ -367,6 +367,7 @@ fn copy_tree(from: &Path, to: &Path) {
 pub struct Endpoints {
     pub notification: String,
     pub token: String,
+    pub inspect: Option<String>,
     pub control: Option<String>,
     pub sender_fhir_base: Option<String>,
     pub sender_token: Option<String>,
@@ -380,6 +381,7 @@ pub fn target_file(dir: &Path, endpoints: &Endpoints, exchange_timeout: &str) ->
         endpoints.notification, endpoints.token
     );
     for (key, value) in [
+        ("inspect", &endpoints.inspect),
         ("control", &endpoints.control),
         ("sender-fhir-base", &endpoints.sender_fhir_base),
         ("sender-token", &endpoints.sender_token),
