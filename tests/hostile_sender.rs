@@ -133,6 +133,7 @@ async fn run_through(tamper: Tamper) -> (Finished, Reports, HostileServer, tempf
             control: Some(format!("{}/control", node.base())),
             sender_fhir_base: Some(format!("{}/sender/fhir", proxy.base())),
             sender_token: Some(format!("{}/sender/token", node.base())),
+            ..Endpoints::default()
         },
         "2s",
     );
