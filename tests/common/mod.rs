@@ -1,7 +1,7 @@
-//! Shared by the hostile-peer tests: misbehaving HTTP/1.1 servers on loopback that the
-//! tests start themselves, target files pointing at them, a copy of the project whose
-//! waits are short, and a run of the binary bounded in time with its reports read back.
-//! Nothing here talks to anything but 127.0.0.1.
+//! Shared by the hostile-peer tests: misbehaving HTTP/1.1-over-TLS servers on loopback that
+//! the tests start themselves, with a test PKI generated once per test binary, target files
+//! pointing at them, a copy of the project whose waits are short, and a run of the binary
+//! bounded in time with its reports read back. Nothing here talks to anything but 127.0.0.1.
 
 #![allow(dead_code)]
 
@@ -11,12 +11,16 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bgz_harness::pki::{PkiFile, PkiFiles, PkiSpec};
+use bgz_harness::transport::{ServerVerification, TlsSettings, load_identity};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
 
 /// Longest a hostile server lives; a test that needs longer is broken.
 const SERVER_LIFETIME: Duration = Duration::from_secs(90);
@@ -26,6 +30,91 @@ const MAX_CONNECTIONS: usize = 5_000;
 const HOLD: Duration = Duration::from_secs(60);
 /// Largest request head or body a hostile server reads.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Longest a hostile server waits for a TLS handshake to complete.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+fn fresh_pki(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", env!("CARGO_CRATE_NAME")));
+    // A PKI of an earlier run of this test binary is replaced: `generate` never overwrites.
+    let _ = std::fs::remove_dir_all(&dir);
+    bgz_harness::pki::generate(&PkiSpec::default(), &dir)
+        .unwrap_or_else(|e| panic!("generating the test PKI in {}: {e}", dir.display()));
+    dir
+}
+
+/// The test PKI of this test binary, generated on first use: the harness, the reference
+/// node and every hostile server chain to its root.
+pub fn pki() -> &'static Path {
+    static PKI: OnceLock<PathBuf> = OnceLock::new();
+    PKI.get_or_init(|| fresh_pki("hostile-pki"))
+}
+
+/// A second, unrelated test PKI: its certificates chain to a root the harness does not trust.
+pub fn foreign_pki() -> &'static Path {
+    static PKI: OnceLock<PathBuf> = OnceLock::new();
+    PKI.get_or_init(|| fresh_pki("hostile-foreign-pki"))
+}
+
+/// Copies the test PKI into `dir/pki` (where target files in `dir/targets` find it as
+/// `../pki`) and returns that folder.
+pub fn install_pki(dir: &Path) -> PathBuf {
+    let to = dir.join("pki");
+    if !to.join(PkiFile::RootCa.name()).is_file() {
+        copy_tree(pki(), &to);
+    }
+    to
+}
+
+/// The harness's own TLS settings from the test PKI (a client for proxies to the node).
+pub fn harness_tls() -> TlsSettings {
+    TlsSettings::load(
+        &PkiFiles::at(pki()).harness_tls(),
+        ServerVerification::Verify,
+    )
+    .expect("loading the harness's TLS material of the test PKI")
+}
+
+/// How a hostile server treats a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// Completes a TLS handshake with the reference node's server certificate of the test
+    /// PKI and requires a client certificate chaining to its root (the harness's).
+    Trusted,
+    /// Completes a TLS handshake with a server certificate of an unrelated PKI, asking for
+    /// no client certificate.
+    ForeignCa,
+    /// Accepts TCP and reads whatever arrives, never answering the ClientHello.
+    NeverHandshake,
+}
+
+fn acceptor(tls: Tls) -> Option<TlsAcceptor> {
+    let config = match tls {
+        Tls::NeverHandshake => return None,
+        Tls::Trusted => {
+            TlsSettings::load(&PkiFiles::at(pki()).node_tls(), ServerVerification::Verify)
+                .expect("loading the node's TLS material of the test PKI")
+                .server
+                .0
+        }
+        Tls::ForeignCa => {
+            let foreign = PkiFiles::at(foreign_pki()).node_tls();
+            let identity = load_identity(&foreign.server_cert, &foreign.server_key)
+                .expect("loading the foreign server certificate");
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_no_client_auth()
+                .with_single_cert(identity.chain, identity.key)
+                .expect("a server configuration with the foreign certificate");
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        }
+    };
+    Some(TlsAcceptor::from(config))
+}
 
 /// One request as a hostile server saw it.
 #[derive(Debug, Clone)]
@@ -113,28 +202,45 @@ pub fn good_notification() -> Wire {
     )
 }
 
-/// A misbehaving HTTP/1.1 server on 127.0.0.1, port picked by the OS, that records every
-/// request it reads. It stops when dropped, or after [`SERVER_LIFETIME`].
+/// A misbehaving HTTP/1.1 server over TLS on 127.0.0.1, port picked by the OS, that records
+/// every request it reads. It stops when dropped, or after [`SERVER_LIFETIME`].
 pub struct HostileServer {
     pub addr: SocketAddr,
+    handshakes: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl HostileServer {
-    /// Starts a server answering each request as `route` says.
+    /// Starts a server, trusted by the harness, answering each request as `route` says.
     pub async fn start(route: impl Fn(&Seen) -> Wire + Send + Sync + 'static) -> Self {
+        Self::start_with(Tls::Trusted, route).await
+    }
+
+    /// Starts a server whose TLS behaves as `tls` says, answering each request as `route`
+    /// says.
+    pub async fn start_with(
+        tls: Tls,
+        route: impl Fn(&Seen) -> Wire + Send + Sync + 'static,
+    ) -> Self {
         let route = Arc::new(route);
-        Self::start_async(move |seen| {
+        Self::start_async_with(tls, move |seen| {
             let route = route.clone();
             Box::pin(async move { route(&seen) })
         })
         .await
     }
 
-    /// Starts a server whose answers may need to wait for something (a proxy).
+    /// Starts a trusted server whose answers may need to wait for something (a proxy).
     pub async fn start_async(route: impl Fn(Seen) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_async_with(Tls::Trusted, route).await
+    }
+
+    async fn start_async_with(
+        tls: Tls,
+        route: impl Fn(Seen) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding a loopback port for a hostile server");
@@ -143,24 +249,30 @@ impl HostileServer {
             .expect("a bound listener has an address");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let handshakes = Arc::new(AtomicUsize::new(0));
         let route: Route = Arc::new(route);
         let task = tokio::spawn(accept_loop(
             listener,
+            acceptor(tls),
             route,
-            seen.clone(),
-            connections.clone(),
+            Counters {
+                seen: seen.clone(),
+                connections: connections.clone(),
+                handshakes: handshakes.clone(),
+            },
         ));
         Self {
             addr,
+            handshakes,
             seen,
             connections,
             task,
         }
     }
 
-    /// `http://127.0.0.1:port`.
+    /// `https://127.0.0.1:port`.
     pub fn base(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
     }
 
     /// The requests read so far.
@@ -172,6 +284,11 @@ impl HostileServer {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+
+    /// TLS handshakes completed so far.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for HostileServer {
@@ -180,28 +297,77 @@ impl Drop for HostileServer {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    route: Route,
+#[derive(Clone)]
+struct Counters {
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<AtomicUsize>,
+    handshakes: Arc<AtomicUsize>,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    route: Route,
+    counters: Counters,
 ) {
     // Dropping the set (abort, or the end of the lifetime) ends every connection.
     let mut open = JoinSet::new();
     let serve = async {
-        while connections.load(Ordering::SeqCst) < MAX_CONNECTIONS {
+        while counters.connections.load(Ordering::SeqCst) < MAX_CONNECTIONS {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            connections.fetch_add(1, Ordering::SeqCst);
-            open.spawn(serve_connection(stream, route.clone(), seen.clone()));
+            counters.connections.fetch_add(1, Ordering::SeqCst);
+            open.spawn(handshake(
+                stream,
+                acceptor.clone(),
+                route.clone(),
+                counters.clone(),
+            ));
             while open.try_join_next().is_some() {}
         }
     };
     let _ = tokio::time::timeout(SERVER_LIFETIME, serve).await;
 }
 
-async fn serve_connection(mut stream: TcpStream, route: Route, seen: Arc<Mutex<Vec<Seen>>>) {
+async fn handshake(
+    mut stream: TcpStream,
+    acceptor: Option<TlsAcceptor>,
+    route: Route,
+    counters: Counters,
+) {
+    let Some(acceptor) = acceptor else {
+        // Swallow the ClientHello and whatever follows; never answer, never close first.
+        hold(&mut stream).await;
+        return;
+    };
+    let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await
+    else {
+        return;
+    };
+    counters.handshakes.fetch_add(1, Ordering::SeqCst);
+    serve_connection(stream, route, counters.seen).await;
+}
+
+/// Reads and discards until the peer closes, then waits out [`HOLD`].
+async fn hold<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(HOLD, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+        tokio::time::sleep(HOLD).await;
+    })
+    .await;
+}
+
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    route: Route,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) {
     let Ok(Some(request)) =
         tokio::time::timeout(Duration::from_secs(10), read_request(&mut stream)).await
     else {
@@ -217,16 +383,7 @@ async fn serve_connection(mut stream: TcpStream, route: Route, seen: Arc<Mutex<V
         }
         Wire::Silent => {
             // Keep reading (and discarding) so the peer never sees a close.
-            let mut sink = [0u8; 1024];
-            let _ = tokio::time::timeout(HOLD, async {
-                while let Ok(n) = stream.read(&mut sink).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                tokio::time::sleep(HOLD).await;
-            })
-            .await;
+            hold(&mut stream).await;
         }
         Wire::Drip {
             prefix,
@@ -275,7 +432,7 @@ async fn serve_connection(mut stream: TcpStream, route: Route, seen: Arc<Mutex<V
 }
 
 /// Reads one request head and its Content-Length body; `None` when the peer gives up.
-async fn read_request(stream: &mut TcpStream) -> Option<Seen> {
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Seen> {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -373,9 +530,14 @@ pub struct Endpoints {
     pub sender_token: Option<String>,
 }
 
-/// Writes `targets/hostile.yaml` in `dir` for a remote target at `endpoints`. Departments and
-/// organisation are those of the reference node, so the reference node can play it.
+/// The `tls:` section of a target file in `dir/targets`, naming the test PKI in `dir/pki`.
+pub const TLS_SECTION: &str = "tls:\n  ca: ../pki/root-ca.pem\n  crl: [../pki/root-ca.crl.pem, ../pki/intermediate-ca.crl.pem]\n  client-cert: ../pki/harness-client.pem\n  client-key: ../pki/harness-client.key.pem\n  server-cert: ../pki/harness-server.pem\n  server-key: ../pki/harness-server.key.pem\n";
+
+/// Writes `targets/hostile.yaml` in `dir` for a remote target at `endpoints`, with the test
+/// PKI copied to `dir/pki` and named in its `tls:` section. Departments and organisation are
+/// those of the reference node, so the reference node can play it.
 pub fn target_file(dir: &Path, endpoints: &Endpoints, exchange_timeout: &str) -> PathBuf {
+    install_pki(dir);
     let mut text = format!(
         "name: hostile-peer\nkind: remote\norganisation:\n  name: Hostile test peer\n  ura: \"90000456\"\ndepartments:\n  - id: cardiologie\n    name: Cardiologie (poli)\n    identifier: {{ system: \"urn:oid:2.999.90000456.1\", value: cardiologie }}\nendpoints:\n  notification: {}\n  token: {}\n",
         endpoints.notification, endpoints.token
@@ -391,7 +553,7 @@ pub fn target_file(dir: &Path, endpoints: &Endpoints, exchange_timeout: &str) ->
         }
     }
     text.push_str(&format!(
-        "simulators:\n  listen: 127.0.0.1:0\nknown-patients: [known]\nexchange-timeout: {exchange_timeout}\n"
+        "simulators:\n  listen: 127.0.0.1:0\nknown-patients: [known]\nexchange-timeout: {exchange_timeout}\n{TLS_SECTION}"
     ));
     let targets = dir.join("targets");
     std::fs::create_dir_all(&targets).expect("creating the targets folder");
@@ -673,8 +835,10 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts `bgz-harness node serve` on a port the OS picks, as the reference node of
-    /// `targets/reference-node.yaml`, and waits for its first line.
-    pub async fn start() -> Self {
+    /// `targets/reference-node.yaml` with the test PKI copied to `dir/pki`, and waits for its
+    /// address line.
+    pub async fn start(dir: &Path) -> Self {
+        let certs = install_pki(dir);
         let mut child = harness(
             &manifest_dir(),
             &[
@@ -684,6 +848,8 @@ impl NodeProcess {
                 "127.0.0.1:0",
                 "--target",
                 "targets/reference-node.yaml",
+                "--certs",
+                text(&certs),
             ],
         )
         .stdout(Stdio::piped())
@@ -706,9 +872,9 @@ impl NodeProcess {
         Self { child, addr }
     }
 
-    /// `http://addr`.
+    /// `https://addr`.
     pub fn base(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
     }
 }
 
