@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Endpoints, Finished, HostileServer, Reports, Wire, good_notification, good_token, response,
-    run_args, run_bounded, short_project, target_file, text,
+    Endpoints, Finished, HostileServer, Reports, Tls, Wire, good_notification, good_token,
+    response, run_args, run_bounded, short_project, target_file, text,
 };
 
 /// Longest one hostile run may take.
@@ -512,4 +512,117 @@ async fn control_api_that_never_answers_stops_the_run_in_bounded_time_naming_it(
 async fn a_target_that_never_pulls_gets_every_section_named_intact() {
     let (_, reports, _dir) = run_against(At::Notification, good_notification).await;
     reports.assert_says(&["were never run", "AdvanceDirective"]);
+}
+
+// --- hostility in the TLS handshake ---
+
+/// Runs known-patient against a node whose `at` endpoint (token or notification) is served
+/// by a server whose TLS behaves as `tls` says; the other endpoint behaves. Returns the
+/// misbehaving server too.
+async fn run_with_tls(at: At, tls: Tls) -> (Finished, Reports, HostileServer, tempfile::TempDir) {
+    let odd = HostileServer::start_with(tls, |seen| {
+        if seen.target.starts_with("/token") {
+            good_token()
+        } else {
+            good_notification()
+        }
+    })
+    .await;
+    let good = HostileServer::start(|seen| {
+        if seen.target.starts_with("/token") {
+            good_token()
+        } else {
+            good_notification()
+        }
+    })
+    .await;
+    let base = |wanted: At| {
+        if at == wanted {
+            odd.base()
+        } else {
+            good.base()
+        }
+    };
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let root = short_project(dir.path());
+    let target = target_file(
+        dir.path(),
+        &Endpoints {
+            notification: format!("{}/fhir", base(At::Notification)),
+            token: format!("{}/token", base(At::Token)),
+            ..Endpoints::default()
+        },
+        EXCHANGE_TIMEOUT,
+    );
+    let reports = dir.path().join("reports");
+    let args = run_args(text(&root), text(&target), text(&reports), "known-patient");
+    let finished = run_bounded(dir.path(), &args, &reports, LIMIT).await;
+    eprintln!(
+        "{at:?} {tls:?}: finished in {:?} with {:?}; {} connection(s), {} handshake(s)",
+        finished.elapsed,
+        finished.code,
+        odd.connections(),
+        odd.handshakes()
+    );
+    finished.assert_failed_cleanly(LIMIT);
+    let reports = finished.reports();
+    (finished, reports, odd, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_that_never_completes_the_handshake_times_out() {
+    let (finished, reports, odd, _dir) = run_with_tls(At::Token, Tls::NeverHandshake).await;
+    assert!(odd.connections() >= 1, "the harness never connected");
+    assert!(
+        finished.elapsed >= Duration::from_secs(2),
+        "{:?}",
+        finished.elapsed
+    );
+    reports.assert_names_exchange("/token", &["within the timeout"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_endpoint_that_never_completes_the_handshake_times_out() {
+    let (_, reports, odd, _dir) = run_with_tls(At::Notification, Tls::NeverHandshake).await;
+    assert!(odd.connections() >= 1, "the harness never connected");
+    reports.assert_names_exchange("/fhir/Task", &["within the timeout"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_with_a_certificate_of_a_foreign_ca_is_refused() {
+    let (_, reports, odd, _dir) = run_with_tls(At::Token, Tls::ForeignCa).await;
+    assert!(odd.connections() >= 1, "the harness never connected");
+    assert_eq!(
+        odd.seen().len(),
+        0,
+        "the harness sent a request (with its client assertion) to an untrusted server"
+    );
+    let said = reports.assert_names_exchange("/token", &["TLS", "certificate was refused"]);
+    eprintln!("{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_endpoint_with_a_certificate_of_a_foreign_ca_is_refused() {
+    let (_, reports, odd, _dir) = run_with_tls(At::Notification, Tls::ForeignCa).await;
+    assert!(odd.connections() >= 1, "the harness never connected");
+    assert_eq!(
+        odd.seen().len(),
+        0,
+        "the harness sent its notification and bearer token to an untrusted server"
+    );
+    let said = reports.assert_names_exchange("/fhir/Task", &["TLS", "certificate was refused"]);
+    eprintln!("{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_with_a_client_certificate_of_an_unknown_issuer_is_refused() {
+    let (_, reports, odd, _dir) = run_with_tls(At::Token, Tls::UnknownIssuer).await;
+    assert!(odd.connections() >= 1, "the harness never connected");
+    assert_eq!(
+        odd.seen().len(),
+        0,
+        "the harness sent a request to an untrusted server"
+    );
+    let said = reports.assert_names_exchange("/token", &["TLS", "certificate was refused"]);
+    eprintln!("{said}");
 }

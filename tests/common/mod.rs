@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bgz_harness::pki::{PkiFile, PkiFiles, PkiSpec};
-use bgz_harness::transport::{ServerVerification, TlsSettings, load_identity};
+use bgz_harness::transport::{PemSource, ServerVerification, TlsSettings, load_identity};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -82,9 +82,12 @@ pub enum Tls {
     /// Completes a TLS handshake with the reference node's server certificate of the test
     /// PKI and requires a client certificate chaining to its root (the harness's).
     Trusted,
-    /// Completes a TLS handshake with a server certificate of an unrelated PKI, asking for
-    /// no client certificate.
+    /// Completes a TLS handshake with a server certificate of an unrelated PKI whose root has
+    /// the same name as the trusted one (a look-alike), asking for no client certificate.
     ForeignCa,
+    /// As [`Tls::ForeignCa`], with the test PKI's `foreign-client.pem`: a client-only
+    /// certificate (no serverAuth), issued by a CA of another name the harness does not know.
+    UnknownIssuer,
     /// Accepts TCP and reads whatever arrives, never answering the ClientHello.
     NeverHandshake,
 }
@@ -98,10 +101,18 @@ fn acceptor(tls: Tls) -> Option<TlsAcceptor> {
                 .server
                 .0
         }
-        Tls::ForeignCa => {
-            let foreign = PkiFiles::at(foreign_pki()).node_tls();
-            let identity = load_identity(&foreign.server_cert, &foreign.server_key)
-                .expect("loading the foreign server certificate");
+        Tls::ForeignCa | Tls::UnknownIssuer => {
+            let (cert, key) = if tls == Tls::ForeignCa {
+                let foreign = PkiFiles::at(foreign_pki()).node_tls();
+                (foreign.server_cert, foreign.server_key)
+            } else {
+                let files = PkiFiles::at(pki());
+                (
+                    PemSource::File(files.path(PkiFile::ForeignClient)),
+                    PemSource::File(files.path(PkiFile::ForeignClientKey)),
+                )
+            };
+            let identity = load_identity(&cert, &key).expect("loading a foreign certificate");
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
             let mut config = rustls::ServerConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
