@@ -175,6 +175,10 @@ enum NodeCommand {
         /// root-ca.pem.
         #[arg(long, default_value = "pki")]
         certs: PathBuf,
+        /// Base URL of the SBV-Z service to verify unknown patients at: the harness's SBV-Z
+        /// double, at `simulators.sbvz-listen` of targets/reference-node.yaml.
+        #[arg(long, default_value = "https://127.0.0.1:8500")]
+        sbvz: Option<String>,
     },
     /// List the fault switches, one name per line.
     Faults {
@@ -236,8 +240,9 @@ async fn dispatch(cli: Cli) -> u8 {
                     faults,
                     target,
                     certs,
+                    sbvz,
                 },
-        } => serve_command(&cli.root, listen, faults, target, &certs).await,
+        } => serve_command(&cli.root, listen, faults, target, &certs, sbvz).await,
         Command::Certs { out, target } => certs_command(&out, target.as_deref()),
     }
 }
@@ -600,6 +605,7 @@ async fn serve_command(
     faults: Vec<Fault>,
     target: Option<PathBuf>,
     certs: &Path,
+    sbvz: Option<String>,
 ) -> u8 {
     let target = match load_target(target.as_deref()) {
         Ok(target) => target,
@@ -635,6 +641,7 @@ async fn serve_command(
         faults: faults.iter().copied().collect(),
         listen,
         queries: target.protocol.query_options(),
+        sbvz_url: sbvz.clone(),
         tls,
     })
     .await

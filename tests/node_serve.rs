@@ -21,7 +21,13 @@ fn binary() -> PathBuf {
 
 /// Starts `node serve` with its test PKI in `dir/pki` (the target file copy in
 /// `dir/targets` finds it there as `../pki`).
-fn serve(dir: &Path) -> (Server, String) {
+fn serve(dir: &Path) -> (Server, String, u16) {
+    // A free port for the harness's SBV-Z double, which the node must know in advance.
+    let sbvz_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(binary())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
@@ -34,6 +40,8 @@ fn serve(dir: &Path) -> (Server, String) {
             "--certs",
         ])
         .arg(dir.join("pki"))
+        .arg("--sbvz")
+        .arg(format!("https://127.0.0.1:{sbvz_port}"))
         .stdout(Stdio::piped())
         .spawn()
         .expect("node serve starts");
@@ -50,12 +58,12 @@ fn serve(dir: &Path) -> (Server, String) {
         }
     };
     assert!(addr.starts_with("127.0.0.1:"), "unexpected address: {addr}");
-    (server, addr)
+    (server, addr, sbvz_port)
 }
 
 /// A copy of targets/reference-node.yaml pointing at `addr`, optionally without the
 /// inspection API (as a real node would be).
-fn target_file(dir: &Path, addr: &str, inspect: bool) -> PathBuf {
+fn target_file(dir: &Path, addr: &str, sbvz_port: u16, inspect: bool) -> PathBuf {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/targets/reference-node.yaml"
@@ -63,7 +71,8 @@ fn target_file(dir: &Path, addr: &str, inspect: bool) -> PathBuf {
     .unwrap();
     let mut text = text
         .replace("127.0.0.1:8301", addr)
-        .replace("127.0.0.1:8400", "127.0.0.1:0");
+        .replace("127.0.0.1:8400", "127.0.0.1:0")
+        .replace("127.0.0.1:8500", &format!("127.0.0.1:{sbvz_port}"));
     if !inspect {
         text = text
             .lines()
@@ -103,8 +112,8 @@ fn run(target: &Path, reports: &Path, extra: &[&str]) -> std::process::Output {
 #[test]
 fn a_separately_served_reference_node_passes_through_its_target_file() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, addr) = serve(dir.path());
-    let target = target_file(dir.path(), &addr, true);
+    let (_server, addr, sbvz_port) = serve(dir.path());
+    let target = target_file(dir.path(), &addr, sbvz_port, true);
     let output = run(&target, &dir.path().join("reports"), &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
@@ -119,8 +128,8 @@ fn a_separately_served_reference_node_passes_through_its_target_file() {
 #[test]
 fn without_inspection_and_answers_confirm_steps_are_not_run_never_passed() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, addr) = serve(dir.path());
-    let target = target_file(dir.path(), &addr, false);
+    let (_server, addr, sbvz_port) = serve(dir.path());
+    let target = target_file(dir.path(), &addr, sbvz_port, false);
     let output = run(
         &target,
         &dir.path().join("reports"),
@@ -132,8 +141,8 @@ fn without_inspection_and_answers_confirm_steps_are_not_run_never_passed() {
     )
     .unwrap();
     assert_eq!(
-        json["totals"]["not_run"], 2,
-        "the two core cases with a confirm step"
+        json["totals"]["not_run"], 3,
+        "the three core cases with a confirm step"
     );
     assert_eq!(json["totals"]["failed"], 0);
 }
@@ -141,8 +150,8 @@ fn without_inspection_and_answers_confirm_steps_are_not_run_never_passed() {
 #[test]
 fn an_answers_file_answers_confirm_steps_and_a_no_fails_them() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, addr) = serve(dir.path());
-    let target = target_file(dir.path(), &addr, false);
+    let (_server, addr, sbvz_port) = serve(dir.path());
+    let target = target_file(dir.path(), &addr, sbvz_port, false);
     let answers = dir.path().join("answers.yaml");
     std::fs::write(
         &answers,
@@ -165,16 +174,16 @@ fn an_answers_file_answers_confirm_steps_and_a_no_fails_them() {
     .unwrap();
     assert_eq!(json["totals"]["failed"], 1, "only known-patient was denied");
     assert_eq!(
-        json["totals"]["passed"], 3,
-        "cancel-after-pull and the two target-sends cases"
+        json["totals"]["passed"], 4,
+        "cancel-after-pull, unknown-patient and the two target-sends cases"
     );
 }
 
 #[test]
 fn confirm_steps_are_asked_at_the_terminal_when_interactive() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, addr) = serve(dir.path());
-    let target = target_file(dir.path(), &addr, false);
+    let (_server, addr, sbvz_port) = serve(dir.path());
+    let target = target_file(dir.path(), &addr, sbvz_port, false);
     let mut child = Command::new(binary())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
@@ -196,8 +205,13 @@ fn confirm_steps_are_asked_at_the_terminal_when_interactive() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // One answer per confirm step: two core cases with one confirm step each.
-    child.stdin.take().unwrap().write_all(b"y\nyes\n").unwrap();
+    // One answer per confirm step: three core cases with one confirm step each.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"y\nyes\ny\n")
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("confirm ["), "{stderr}");

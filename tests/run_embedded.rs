@@ -104,7 +104,7 @@ fn skipping_server_verification_warns_and_marks_every_report() {
 
 /// Each fault, the scenario that exposes it, the check it must trip, and a phrase its
 /// message must contain.
-const FAULTS: [(&str, &str, &str, &str); 27] = [
+const FAULTS: [(&str, &str, &str, &str); 29] = [
     (
         "no-location",
         "known-patient",
@@ -266,6 +266,18 @@ const FAULTS: [(&str, &str, &str, &str); 27] = [
         "probe-read-unreferenced-binary",
         "probe-refused",
         "accepted the probe",
+    ),
+    (
+        "register-without-sbvz",
+        "unknown-patient",
+        "sbvz-checked-before-registration",
+        "never asked SBV-Z",
+    ),
+    (
+        "register-despite-sbvz",
+        "unknown-patient-sbvz-not-found",
+        "registration-follows-sbvz",
+        "although SBV-Z did not verify",
     ),
 ];
 

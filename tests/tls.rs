@@ -354,6 +354,7 @@ async fn both_token_endpoints_verify_assertion_signatures() {
         listen: SocketAddr::from(LOOPBACK),
         tls: node_tls.clone(),
         queries: Default::default(),
+        sbvz_url: None,
     })
     .await
     .unwrap();

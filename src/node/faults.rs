@@ -62,11 +62,15 @@ pub enum Fault {
     ServeAnySearch,
     /// As sender: serves resources nobody referenced (any id in its records).
     ServeUnreferenced,
+    /// As receiver: registers an unknown patient without asking SBV-Z.
+    RegisterWithoutSbvz,
+    /// As receiver: registers an unknown patient whatever SBV-Z answers.
+    RegisterDespiteSbvz,
 }
 
 impl Fault {
     /// Every fault, in the order `node faults` lists them.
-    pub const ALL: [Fault; 27] = [
+    pub const ALL: [Fault; 29] = [
         Fault::NoLocation,
         Fault::OmitAuthorizationBase,
         Fault::SkipWorkflowTask,
@@ -94,6 +98,8 @@ impl Fault {
         Fault::AnswerOtherPatients,
         Fault::ServeAnySearch,
         Fault::ServeUnreferenced,
+        Fault::RegisterWithoutSbvz,
+        Fault::RegisterDespiteSbvz,
     ];
 
     /// The name used on the command line.
@@ -126,6 +132,8 @@ impl Fault {
             Fault::AnswerOtherPatients => "answer-other-patients",
             Fault::ServeAnySearch => "serve-any-search",
             Fault::ServeUnreferenced => "serve-unreferenced",
+            Fault::RegisterWithoutSbvz => "register-without-sbvz",
+            Fault::RegisterDespiteSbvz => "register-despite-sbvz",
         }
     }
 
@@ -165,6 +173,8 @@ impl Fault {
             Fault::AnswerOtherPatients => "as sender, answers searches for other patients",
             Fault::ServeAnySearch => "as sender, answers searches that were not notified",
             Fault::ServeUnreferenced => "as sender, serves resources nobody referenced",
+            Fault::RegisterWithoutSbvz => "registers an unknown patient without an SBV-Z check",
+            Fault::RegisterDespiteSbvz => "registers an unknown patient whatever SBV-Z answers",
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// The catalogue and query forms the node notifies when it sends.
     pub queries: crate::fhir::catalogue::QueryOptions,
+    /// Base URL of the SBV-Z service the node verifies unknown patients at.
+    pub sbvz_url: Option<String>,
     /// The node's server and client certificates and the CA it trusts: it serves HTTPS,
     /// requires client certificates, and signs its client assertions with its client key.
     pub tls: TlsSettings,
@@ -72,6 +74,9 @@ pub struct InboxEntry {
     pub searches_run: usize,
     pub resources_pulled: usize,
     pub letter: Option<LetterCopy>,
+    /// The SBV-Z answer for an unknown patient, when one was asked.
+    #[serde(default)]
+    pub sbvz: Option<String>,
     /// Why the pull failed, if it did.
     pub problem: Option<String>,
 }
@@ -116,6 +121,8 @@ pub(crate) struct NodeState {
     sender: sender::SenderState,
     signer: CertificateSigner,
     http: reqwest::Client,
+    /// Plain client for the SBV-Z double (this build's double speaks plain HTTP).
+    sbvz_http: reqwest::Client,
 }
 
 impl NodeState {
@@ -209,6 +216,11 @@ impl ReferenceNode {
             notifications: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             http,
+            sbvz_http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .no_proxy()
+                .build()
+                .map_err(std::io::Error::other)?,
         });
         let server =
             PlainServer::start(addr, receiver::router(state.clone()), Some(tls.server)).await?;

@@ -54,6 +54,15 @@ pub(super) async fn pull(
         .patient_by_bsn(&notification.bsn)
         .map(|_| notification.bsn.clone());
     let patient_known = patient_bsn.is_some();
+    // An unknown patient is registered only after SBV-Z verified the BSN.
+    let mut registration: Option<Result<String, String>> = None;
+    if !patient_known && let Ok(pulled) = &outcome {
+        let verified = verify_at_sbvz(&state, &notification.bsn, pulled.patient.as_ref()).await;
+        if verified.is_ok() || state.has(Fault::RegisterDespiteSbvz) {
+            patient_bsn = Some(notification.bsn.clone());
+        }
+        registration = Some(verified);
+    }
     if state.has(Fault::WrongPatient) {
         patient_bsn = state
             .config
@@ -82,17 +91,20 @@ pub(super) async fn pull(
         Ok(pulled) => InboxEntry {
             notification: notification.identifier.value.clone(),
             department,
-            patient_bsn,
-            patient_known,
-            status: if patient_known {
+            status: if patient_known || patient_bsn.is_some() {
                 InboxStatus::Filed
             } else {
                 InboxStatus::AwaitingRegistration
             },
+            patient_bsn,
+            patient_known,
             searches_run: pulled.searches_run,
             resources_pulled: pulled.resources,
             letter: pulled.letter,
-            problem: None,
+            sbvz: registration.as_ref().map(|r| match r {
+                Ok(answer) | Err(answer) => answer.clone(),
+            }),
+            problem: registration.and_then(Result::err),
         },
         Err(problem) => InboxEntry {
             status: InboxStatus::Failed,
@@ -108,6 +120,8 @@ struct Pulled {
     searches_run: usize,
     resources: usize,
     letter: Option<LetterCopy>,
+    /// The pulled Patient with the notified BSN, for registering an unknown patient.
+    patient: Option<serde_json::Value>,
 }
 
 async fn run_pull(
@@ -169,6 +183,14 @@ async fn run_pull(
         );
     }
     pulled.resources = resources.len();
+    pulled.patient = resources
+        .iter()
+        .find(|r| {
+            r["resourceType"] == "Patient"
+                && crate::fhir::store::identifiers(r)
+                    .any(|(s, v)| s == crate::fhir::BSN_SYSTEM && v == notification.bsn)
+        })
+        .cloned();
 
     if !state.has(Fault::SkipLetter) {
         pulled.letter = session.fetch_letter(&resources).await?;
@@ -279,5 +301,77 @@ impl Session<'_> {
             });
         }
         Ok(letter)
+    }
+}
+
+/// Verifies an unknown patient's BSN at SBV-Z (OpvragenVerifieren, search path 2 from the
+/// pulled Patient). `Ok` with the answer when SBV-Z found exactly this living person
+/// without deviations; `Err` with why the patient must not be registered otherwise.
+async fn verify_at_sbvz(
+    state: &NodeState,
+    bsn: &str,
+    patient: Option<&serde_json::Value>,
+) -> Result<String, String> {
+    use crate::protocol::sbvz::{
+        Resultaat, SbvzOperation, SbvzReply, Vraag, parse_response, verifieren_request,
+    };
+    if state.has(Fault::RegisterWithoutSbvz) {
+        return Ok("registered without an SBV-Z check".to_owned());
+    }
+    let Some(base) = &state.config.sbvz_url else {
+        return Err("no SBV-Z binding configured: the patient waits for registration".to_owned());
+    };
+    let patient = patient.ok_or("the pull brought no Patient with the notified BSN")?;
+    let vraag = Vraag::from_patient(patient, bsn)
+        .map_err(|e| format!("no SBV-Z question possible: {e}"))?;
+    let request = verifieren_request(
+        &vraag,
+        &uuid::Uuid::new_v4().to_string(),
+        Default::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    // The node's TLS client for an https binding (mutual TLS, like the real service).
+    let client = if base.starts_with("https://") {
+        &state.http
+    } else {
+        &state.sbvz_http
+    };
+    let response = client
+        .post(request.url(base))
+        .header("content-type", crate::protocol::soap::CONTENT_TYPE)
+        .header("SOAPAction", request.soap_action_header())
+        .body(request.body.clone())
+        .send()
+        .await
+        .map_err(|e| format!("SBV-Z could not be reached: {e}"))?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| format!("SBV-Z answer broke off: {e}"))?;
+    match parse_response(
+        SbvzOperation::OpvragenVerifieren,
+        &bytes,
+        &Default::default(),
+    ) {
+        Ok(SbvzReply::Answer(answer)) => {
+            let codes: Vec<&str> = answer.meldingen.iter().map(|m| m.code.as_str()).collect();
+            let summary = format!("{:?} {}", answer.resultaat, codes.join(","));
+            match answer.resultaat {
+                Some(Resultaat::Goed) if !answer.is_deceased() => Ok(summary),
+                Some(Resultaat::Goed) => Err(format!(
+                    "SBV-Z reports the person deceased ({summary}): not registered"
+                )),
+                Some(Resultaat::GoedMetAfwijkingen) => Err(format!(
+                    "SBV-Z found deviating data ({summary}): registration needs a person to check"
+                )),
+                _ => Err(format!(
+                    "SBV-Z did not verify the BSN ({summary}): not registered"
+                )),
+            }
+        }
+        Ok(SbvzReply::Fault(fault)) => {
+            Err(format!("SBV-Z answered a SOAP fault: {}", fault.string))
+        }
+        Err(e) => Err(format!("SBV-Z answer unreadable: {e}")),
     }
 }

@@ -191,6 +191,7 @@ async fn notification(
             searches_run: 0,
             resources_pulled: 0,
             letter: None,
+            sbvz: None,
             problem: None,
         });
     }
@@ -286,6 +287,7 @@ async fn cancellation(
                     searches_run: 0,
                     resources_pulled: 0,
                     letter: None,
+                    sbvz: None,
                     problem: None,
                 });
                 false

@@ -53,6 +53,8 @@ struct CaseState {
     /// target-sends: the receiving slot and its notification base.
     slot: Option<(Arc<crate::sim::receiver::Slot>, String)>,
     received: Option<sends::Received>,
+    /// Held while this case owns the SBV-Z double's answer for its patient's BSN.
+    sbvz_turn: Option<tokio::sync::OwnedMutexGuard<()>>,
     pull_token: Option<String>,
     inbox: Option<(InboxEntry, String)>,
 }
@@ -239,6 +241,41 @@ impl CaseRun<'_> {
         Some(self.planned.id.as_str())
     }
 
+    /// Tells the SBV-Z double what to answer about this case's patient.
+    fn teach_sbvz(&self, answer: crate::scenario::model::SbvzAnswer) -> Result<(), String> {
+        use crate::scenario::model::SbvzAnswer;
+        use crate::sim::sbvz::{SbvzCase, SbvzPerson};
+        let patient = self.fixture.patient().ok_or("the fixture has no Patient")?;
+        let vraag = crate::protocol::sbvz::Vraag::from_patient(patient, &self.fixture.scope.bsn)
+            .map_err(|e| format!("the fixture Patient cannot be asked at SBV-Z: {e}"))?;
+        let case = match answer {
+            SbvzAnswer::Found => SbvzCase::Found,
+            SbvzAnswer::NotFound => SbvzCase::NotFound,
+            SbvzAnswer::Deceased => SbvzCase::Deceased {
+                datum_overlijden: "20261101".to_owned(),
+            },
+            SbvzAnswer::Deviations => SbvzCase::found_with_deviations(),
+        };
+        let person = SbvzPerson {
+            persoon: vraag.persoon,
+            adres: vraag.adres,
+        };
+        self.ctx
+            .sbvz
+            .register(&self.fixture.scope.bsn, case, person, &self.planned.id);
+        Ok(())
+    }
+
+    /// The SBV-Z double's calls about this case's patient.
+    fn sbvz_calls(&self) -> Vec<crate::sim::sbvz::SbvzCall> {
+        self.ctx
+            .sbvz
+            .calls_for(&self.fixture.scope.bsn)
+            .into_iter()
+            .filter(|c| c.case_id.as_deref().is_none_or(|id| id == self.planned.id))
+            .collect()
+    }
+
     /// Signs an assertion with the harness's client key.
     fn sign(&self, claims: &AssertionClaims) -> Result<String, String> {
         encode_jwt(claims, &self.ctx.signer)
@@ -364,6 +401,27 @@ impl CaseRun<'_> {
                 reads.push(letter.document_reference.clone());
             }
         }
+        if settings.sbvz.is_some() {
+            let turn = {
+                let mut turns = lock(&self.ctx.sbvz_turns);
+                turns
+                    .entry(self.fixture.scope.bsn.clone())
+                    .or_default()
+                    .clone()
+            };
+            self.state.sbvz_turn = Some(turn.lock_owned().await);
+        }
+        if let Some(answer) = settings.sbvz
+            && let Err(problem) = self.teach_sbvz(answer)
+        {
+            return step_outcome(
+                step,
+                Verdict::Error,
+                Vec::new(),
+                Some(problem),
+                vec![token_exchange],
+            );
+        }
         let identifier = new_identifier();
         let spec = NotificationSpec {
             identifier: identifier.clone(),
@@ -412,6 +470,7 @@ impl CaseRun<'_> {
         let delivered = (200..300).contains(&status);
         if delivered {
             self.state.sent = Some(Sent {
+                sbvz: settings.sbvz,
                 identifier,
                 authorization_base,
                 queries,
@@ -459,6 +518,9 @@ impl CaseRun<'_> {
         let journal = &self.ctx.journal;
         let deadline = Instant::now() + within;
         let fhir_base = self.ctx.sender.fhir_base();
+        let production =
+            self.planned.environment == crate::scenario::model::Environment::Production;
+        let sbvz_calls = self.sbvz_calls();
 
         // Wait until every listed wire check passes, the target falls quiet, or time is up.
         // Judge only once the case has settled for a moment: judging parses every body, and
@@ -487,6 +549,8 @@ impl CaseRun<'_> {
                     letter: self.fixture.letter.as_ref(),
                     inbox: None,
                     inbox_exchange: None,
+                    sbvz_calls: &sbvz_calls,
+                    production,
                 };
                 let all_pass = step
                     .checks
@@ -516,6 +580,7 @@ impl CaseRun<'_> {
         }
         let exchanges = journal.for_case(&case_id);
         let unattributed = journal.unattributed_since(sent.at_us);
+        let sbvz_calls = self.sbvz_calls();
         let evidence = Evidence {
             exchanges: &exchanges,
             unattributed: &unattributed,
@@ -524,6 +589,8 @@ impl CaseRun<'_> {
             letter: self.fixture.letter.as_ref(),
             inbox: inbox.as_ref().map(|(e, _)| e),
             inbox_exchange: inbox.as_ref().map(|(_, id)| id.as_str()),
+            sbvz_calls: &sbvz_calls,
+            production,
         };
         let results = step
             .checks

@@ -26,6 +26,8 @@ pub(crate) struct Sent {
     pub reads: Vec<String>,
     pub workflow_task_id: Option<String>,
     pub at_us: u64,
+    /// What the SBV-Z double was told to answer about the patient.
+    pub sbvz: Option<crate::scenario::model::SbvzAnswer>,
 }
 
 /// Everything a check may look at.
@@ -43,6 +45,10 @@ pub(crate) struct Evidence<'a> {
     pub inbox: Option<&'a InboxEntry>,
     /// The inspection exchange behind `inbox`.
     pub inbox_exchange: Option<&'a str>,
+    /// Calls the SBV-Z double received about the case's patient.
+    pub sbvz_calls: &'a [crate::sim::sbvz::SbvzCall],
+    /// True in production phases: SBV-Z is real, so only the target can confirm its check.
+    pub production: bool,
 }
 
 fn outcome(
@@ -146,6 +152,8 @@ pub(crate) fn evaluate(check: CheckId, evidence: &Evidence<'_>) -> CheckOutcome 
         CheckId::EveryNotifiedSearchRun => every_search_run(evidence),
         CheckId::EveryPageFetched => every_page_fetched(evidence),
         CheckId::LetterRetrievedIntact => letter_intact(evidence),
+        CheckId::SbvzCheckedBeforeRegistration => sbvz_checked(evidence),
+        CheckId::RegistrationFollowsSbvz => registration_follows_sbvz(evidence),
         other => outcome(
             other,
             Verdict::Error,
@@ -749,5 +757,142 @@ pub(crate) fn referral_cancelled(
         actual,
         message,
         exchanges: shown,
+    }
+}
+
+/// `sbvz-checked-before-registration`: an OpvragenVerifieren call about the notified BSN
+/// reached SBV-Z before the patient was seen registered. In production phases SBV-Z is real,
+/// so the target's own record of its check (inspection) or a tester must confirm it.
+fn sbvz_checked(evidence: &Evidence<'_>) -> CheckOutcome {
+    let check = CheckId::SbvzCheckedBeforeRegistration;
+    let expected = "an SBV-Z OpvragenVerifieren call with the notified BSN before registration";
+    let shown: Vec<String> = evidence
+        .inbox_exchange
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    if evidence.production {
+        return match evidence.inbox.and_then(|e| e.sbvz.as_ref()) {
+            Some(answer) => outcome(
+                check,
+                Verdict::Pass,
+                expected,
+                answer.clone(),
+                "the target reports its SBV-Z check (production: SBV-Z is real)",
+                shown,
+            ),
+            None => outcome(
+                check,
+                Verdict::NotRun,
+                expected,
+                "not confirmable",
+                "not run: in production SBV-Z is real; confirm the check at the target",
+                shown,
+            ),
+        };
+    }
+    let calls: Vec<&crate::sim::sbvz::SbvzCall> = evidence
+        .sbvz_calls
+        .iter()
+        .filter(|c| c.operation == crate::protocol::sbvz::SbvzOperation::OpvragenVerifieren)
+        .collect();
+    let Some(first) = calls.first() else {
+        return outcome(
+            check,
+            Verdict::Fail,
+            expected,
+            "no call",
+            "the target never asked SBV-Z about the unknown patient's BSN",
+            shown,
+        );
+    };
+    let registered_seen = evidence
+        .inbox
+        .filter(|e| e.status == InboxStatus::Filed)
+        .and(evidence.inbox_exchange)
+        .and_then(|id| evidence.exchanges.iter().find(|e| e.id == id));
+    match registered_seen {
+        Some(inspection) if first.at_us > inspection.at_us => outcome(
+            check,
+            Verdict::Fail,
+            expected,
+            "call after registration",
+            "the SBV-Z call came after the patient was registered",
+            shown,
+        ),
+        _ => outcome(
+            check,
+            Verdict::Pass,
+            expected,
+            format!("{} call(s)", calls.len()),
+            "the target asked SBV-Z about the BSN before registering",
+            shown,
+        ),
+    }
+}
+
+/// `registration-follows-sbvz`: the unknown patient is registered (the referral filed) when
+/// SBV-Z found the BSN, and left for a person to check otherwise: never registered silently.
+fn registration_follows_sbvz(evidence: &Evidence<'_>) -> CheckOutcome {
+    use crate::scenario::model::SbvzAnswer;
+    let check = CheckId::RegistrationFollowsSbvz;
+    let shown: Vec<String> = evidence
+        .inbox_exchange
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    let Some(entry) = evidence.inbox else {
+        return outcome(
+            check,
+            Verdict::NotRun,
+            "",
+            "",
+            "not run: the target's registration cannot be inspected; confirm it at the target",
+            shown,
+        );
+    };
+    let should_register = evidence.sent.sbvz.is_none_or(|a| a == SbvzAnswer::Found);
+    let registered = entry.status == InboxStatus::Filed;
+    let expected = if should_register {
+        "registered and filed after SBV-Z found the BSN"
+    } else {
+        "not registered: waiting for a person to check the SBV-Z answer"
+    };
+    let actual = format!(
+        "status {:?}{}",
+        entry.status,
+        entry
+            .problem
+            .as_deref()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default()
+    );
+    if registered == should_register {
+        outcome(
+            check,
+            Verdict::Pass,
+            expected,
+            actual,
+            "the registration follows the SBV-Z answer",
+            shown,
+        )
+    } else if registered {
+        outcome(
+            check,
+            Verdict::Fail,
+            expected,
+            actual,
+            "the target registered the patient although SBV-Z did not verify the BSN",
+            shown,
+        )
+    } else {
+        outcome(
+            check,
+            Verdict::Fail,
+            expected,
+            actual,
+            "the target did not register the patient although SBV-Z found the BSN",
+            shown,
+        )
     }
 }

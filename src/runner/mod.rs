@@ -106,6 +106,10 @@ pub(crate) struct RunContext {
     pub endpoints: TargetEndpoints,
     pub sender: SenderSim,
     pub receiver: crate::sim::receiver::ReceiverSim,
+    /// The SBV-Z double the target verifies unknown patients at.
+    pub sbvz: crate::sim::sbvz::SbvzDouble,
+    /// One case at a time per BSN teaches the SBV-Z double: its answers are per BSN.
+    pub sbvz_turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub to_target: RecordingClient,
     /// The harness as receiver, pulling from the target.
     pub as_receiver: RecordingClient,
@@ -163,6 +167,18 @@ pub async fn prepare(
     };
     let to_target = client(Party::HarnessSender, Party::Target)?;
     let as_receiver = client(Party::HarnessReceiver, Party::Target)?;
+    let sbvz_listen = target.sbvz_listen;
+    let sbvz = crate::sim::sbvz::SbvzDouble::start_with_tls(
+        sbvz_listen,
+        journal.clone(),
+        Some(harness_tls.server.clone()),
+    )
+    .await
+    .map_err(|source| SetupError::Bind {
+        what: "the SBV-Z double",
+        addr: sbvz_listen,
+        source,
+    })?;
     let receiver_listen = SocketAddr::new(target.simulator_listen.ip(), 0);
     let receiver = crate::sim::receiver::ReceiverSim::start(
         receiver_listen,
@@ -208,6 +224,7 @@ pub async fn prepare(
                 faults: options.node_faults.clone(),
                 listen,
                 queries: target.protocol.query_options(),
+                sbvz_url: Some(sbvz.base_url()),
                 tls: node_tls,
             })
             .await
@@ -294,6 +311,8 @@ pub async fn prepare(
             endpoints,
             sender,
             receiver,
+            sbvz,
+            sbvz_turns: std::sync::Mutex::new(HashMap::new()),
             to_target,
             as_receiver,
             inspector,

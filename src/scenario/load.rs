@@ -333,6 +333,7 @@ fn validate_step(
             workflow_task: args.workflow_task,
             page_size: args.page_size,
             hold_token: args.hold_token,
+            sbvz: args.sbvz,
         }));
     }
     if let Some(AwaitPullArgs { within, quiet }) = &doc.await_pull {

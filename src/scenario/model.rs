@@ -92,6 +92,23 @@ pub struct NotifyArgs {
     /// arrives before any data can be pulled.
     #[serde(default)]
     pub hold_token: bool,
+    /// What the SBV-Z double answers about the patient (unknown-patient cases).
+    #[serde(default)]
+    pub sbvz: Option<SbvzAnswer>,
+}
+
+/// The SBV-Z double's answer for a case's patient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SbvzAnswer {
+    /// `G`: found; the receiver may register the patient.
+    Found,
+    /// `F` 23001: the receiver must not register.
+    NotFound,
+    /// `G` with a date of death: the receiver must not register silently.
+    Deceased,
+    /// `A` with deviating data: the receiver must not register silently.
+    Deviations,
 }
 
 /// What a `trigger` step makes the target do.
@@ -284,6 +301,10 @@ pub enum CheckId {
     PullRefusedAfterCancel,
     /// The target refused the probe as protocol.md says (status and OperationOutcome).
     ProbeRefused,
+    /// The target asked SBV-Z about the notified BSN before it registered the patient.
+    SbvzCheckedBeforeRegistration,
+    /// The target registered the unknown patient only when SBV-Z verified the BSN.
+    RegistrationFollowsSbvz,
 }
 
 impl CheckId {
@@ -307,6 +328,8 @@ impl CheckId {
             CheckId::CancellationValid => "cancellation-valid",
             CheckId::PullRefusedAfterCancel => "pull-refused-after-cancel",
             CheckId::ProbeRefused => "probe-refused",
+            CheckId::SbvzCheckedBeforeRegistration => "sbvz-checked-before-registration",
+            CheckId::RegistrationFollowsSbvz => "registration-follows-sbvz",
         }
     }
 
@@ -428,6 +451,7 @@ pub struct NotifySettings {
     pub workflow_task: bool,
     pub page_size: usize,
     pub hold_token: bool,
+    pub sbvz: Option<SbvzAnswer>,
 }
 
 impl Action {

@@ -170,6 +170,8 @@ pub struct PlannedCase {
     /// Readable: `scenario [department@organisation → target department]`.
     pub name: String,
     pub phase: String,
+    /// Where the phase runs: in production SBV-Z is real.
+    pub environment: super::model::Environment,
     pub scenario: Arc<Scenario>,
     pub counterpart: Counterpart,
     pub target_department: Department,
@@ -235,6 +237,7 @@ impl Plan {
                                     scenario.id, department, counterpart.name, target_department.id
                                 ),
                                 phase: phase.id.clone(),
+                                environment: phase.environment,
                                 scenario: scenario.clone(),
                                 counterpart: Counterpart {
                                     name: counterpart.name.clone(),

@@ -144,6 +144,9 @@ struct SimulatorsDoc {
     /// on a port the OS picks, unless this is set).
     #[serde(default)]
     receiver_public_base: Option<String>,
+    /// Where the SBV-Z double listens; the target's SBV-Z client must point here.
+    #[serde(default)]
+    sbvz_listen: Option<Spanned<String>>,
 }
 
 /// A validated target.
@@ -162,6 +165,8 @@ pub struct Target {
     pub simulator_public_base: Option<String>,
     /// How the target reaches the simulated receiver.
     pub receiver_public_base: Option<String>,
+    /// Where the SBV-Z double listens (the target's SBV-Z binding points here).
+    pub sbvz_listen: SocketAddr,
     pub protocol: ProtocolProfile,
     /// Fixture keys of the patients the target knows.
     pub known_patients: Vec<String>,
@@ -210,6 +215,7 @@ impl Target {
             simulator_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             simulator_public_base: None,
             receiver_public_base: None,
+            sbvz_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             protocol: ProtocolProfile::default(),
             known_patients: vec!["known".to_owned(), "other".to_owned()],
             exchange_timeout: Duration::from_secs(10),
@@ -275,6 +281,7 @@ impl Target {
             }
             (TargetKind::Embedded, None) => None,
         };
+        let mut sbvz_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         let (listen, public_base, receiver_public_base) = match doc.simulators {
             None => (SocketAddr::from(([127, 0, 0, 1], 0)), None, None),
             Some(sims) => {
@@ -289,6 +296,19 @@ impl Target {
                         ),
                     )
                 })?;
+                if let Some(spanned) = &sims.sbvz_listen {
+                    sbvz_listen = spanned.value.parse().map_err(|_| {
+                        InputError::at(
+                            &file,
+                            &text,
+                            spanned,
+                            format!(
+                                "expected an address such as 127.0.0.1:8500, found `{}`",
+                                spanned.value
+                            ),
+                        )
+                    })?;
+                }
                 (listen, sims.public_base, sims.receiver_public_base)
             }
         };
@@ -324,6 +344,7 @@ impl Target {
             simulator_listen: listen,
             simulator_public_base: public_base,
             receiver_public_base,
+            sbvz_listen,
             protocol: doc.protocol,
             known_patients: doc.known_patients,
             exchange_timeout,

@@ -181,6 +181,16 @@ impl SbvzDouble {
     /// Starts the double on `listen` (port 0 lets the OS choose). It serves both the `dec14`
     /// and the `mrt21` endpoints; each call records which one it used.
     pub async fn start(listen: SocketAddr, journal: Arc<Journal>) -> std::io::Result<Self> {
+        Self::start_with_tls(listen, journal, None).await
+    }
+
+    /// Starts the double serving HTTPS with mutual TLS, as the real service demands a UZI
+    /// server certificate from its clients.
+    pub async fn start_with_tls(
+        listen: SocketAddr,
+        journal: Arc<Journal>,
+        tls: Option<crate::transport::ServerTls>,
+    ) -> std::io::Result<Self> {
         let state = Arc::new(DoubleState {
             journal: journal.clone(),
             limits: XmlLimits::default(),
@@ -201,7 +211,7 @@ impl SbvzDouble {
         }
         let router = router.fallback(unknown_path).with_state(state.clone());
         let server =
-            RecordingServer::start(listen, router, journal, Party::Target, Party::Sbvz, None)
+            RecordingServer::start(listen, router, journal, Party::Target, Party::Sbvz, tls)
                 .await?;
         Ok(Self { state, server })
     }
