@@ -205,11 +205,14 @@ impl CaseRun<'_> {
         self.send_to_target(request).await
     }
 
+    /// A token request signed with `client`'s claims; the harness plays the receiver's
+    /// client when `as_receiver` (pull tokens), the sender's otherwise.
     async fn token_with(
         &self,
         url: &str,
         client: &AssertionClaims,
         base: Option<&str>,
+        as_receiver: bool,
     ) -> Result<Exchange, String> {
         let authorization =
             AssertionClaims::new(&self.planned.counterpart.ura, url, unix_now(), 60);
@@ -221,7 +224,11 @@ impl CaseRun<'_> {
             form,
             ExchangeKind::TokenRequest,
         );
-        self.send_to_target(request).await
+        if as_receiver {
+            self.as_receiver_probe(request).await
+        } else {
+            self.send_to_target(request).await
+        }
     }
 
     fn client_claims(&self, audience: &str) -> AssertionClaims {
@@ -256,13 +263,13 @@ impl CaseRun<'_> {
             ProbeAttack::TokenWrongAudience => {
                 let claims = self.client_claims("https://not-this-server.invalid/token");
                 Ok(judge(
-                    &self.token_with(&token_url, &claims, None).await?,
+                    &self.token_with(&token_url, &claims, None, false).await?,
                     &TOKEN_REFUSED,
                 ))
             }
             ProbeAttack::TokenReplayedAssertion => {
                 let claims = self.client_claims(&token_url);
-                let first = self.token_with(&token_url, &claims, None).await?;
+                let first = self.token_with(&token_url, &claims, None, false).await?;
                 if first.response.as_ref().map(|r| r.status) != Some(200) {
                     return Err(format!(
                         "the first, valid token request was refused ({}), so replay cannot be probed",
@@ -270,7 +277,7 @@ impl CaseRun<'_> {
                     ));
                 }
                 Ok(judge(
-                    &self.token_with(&token_url, &claims, None).await?,
+                    &self.token_with(&token_url, &claims, None, false).await?,
                     &TOKEN_REFUSED,
                 ))
             }
@@ -279,7 +286,7 @@ impl CaseRun<'_> {
                 claims.iat -= 240;
                 claims.exp = unix_now() - 180;
                 Ok(judge(
-                    &self.token_with(&token_url, &claims, None).await?,
+                    &self.token_with(&token_url, &claims, None, false).await?,
                     &TOKEN_REFUSED,
                 ))
             }
@@ -401,10 +408,11 @@ impl CaseRun<'_> {
             ProbeAttack::PullTokenWrongAudience => {
                 let claims = self.client_claims("https://not-this-server.invalid/token");
                 let exchange = self
-                    .token_as_receiver(
+                    .token_with(
                         &token_url,
                         &claims,
                         notification.authorization_base.as_deref(),
+                        true,
                     )
                     .await?;
                 Ok(judge(&exchange, &TOKEN_REFUSED))
@@ -412,10 +420,11 @@ impl CaseRun<'_> {
             ProbeAttack::PullTokenReplayedAssertion => {
                 let claims = self.client_claims(&token_url);
                 let first = self
-                    .token_as_receiver(
+                    .token_with(
                         &token_url,
                         &claims,
                         notification.authorization_base.as_deref(),
+                        true,
                     )
                     .await?;
                 if first.response.as_ref().map(|r| r.status) != Some(200) {
@@ -425,10 +434,11 @@ impl CaseRun<'_> {
                     ));
                 }
                 let exchange = self
-                    .token_as_receiver(
+                    .token_with(
                         &token_url,
                         &claims,
                         notification.authorization_base.as_deref(),
+                        true,
                     )
                     .await?;
                 Ok(judge(&exchange, &TOKEN_REFUSED))
@@ -445,24 +455,5 @@ impl CaseRun<'_> {
             .send(outgoing.for_case(Some(&self.planned.id)))
             .await
             .map_err(|e| e.to_string())
-    }
-
-    async fn token_as_receiver(
-        &self,
-        url: &str,
-        client: &AssertionClaims,
-        base: Option<&str>,
-    ) -> Result<Exchange, String> {
-        let authorization =
-            AssertionClaims::new(&self.planned.counterpart.ura, url, unix_now(), 60);
-        let form = token_request_form(&self.sign(client)?, &self.sign(&authorization)?, base);
-        let request = Outgoing::with_body(
-            reqwest::Method::POST,
-            url.to_owned(),
-            "application/x-www-form-urlencoded",
-            form,
-            ExchangeKind::TokenRequest,
-        );
-        self.as_receiver_probe(request).await
     }
 }
