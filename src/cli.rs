@@ -633,11 +633,39 @@ async fn serve_command(
             }
         }
     }
+    // As sender the node has the record of every fixture patient.
+    let mut records = crate::fhir::store::ResourceStore::default();
+    let patients_dir = root.join("fixtures").join("patients");
+    let mut keys: Vec<String> = std::fs::read_dir(&patients_dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().join("bgz.json").is_file())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    keys.sort();
+    for key in &keys {
+        match crate::runner::fixtures::PatientFixture::load(root, key) {
+            Ok(fixture) => {
+                if let Err(e) = records.extend(&fixture.store) {
+                    tell!("error: the fixture `{key}` clashes with another: {e}");
+                    return EXIT_INPUT;
+                }
+            }
+            Err(e) => {
+                tell!("error: {e}");
+                return EXIT_INPUT;
+            }
+        }
+    }
     let node = match ReferenceNode::start(NodeConfig {
         name: target.name.clone(),
         ura: target.ura.clone(),
         departments: target.departments.clone(),
         register,
+        records,
         faults: faults.iter().copied().collect(),
         listen,
         queries: target.protocol.query_options(),

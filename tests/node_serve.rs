@@ -174,8 +174,8 @@ fn an_answers_file_answers_confirm_steps_and_a_no_fails_them() {
     .unwrap();
     assert_eq!(json["totals"]["failed"], 1, "only known-patient was denied");
     assert_eq!(
-        json["totals"]["passed"], 4,
-        "cancel-after-pull, unknown-patient and the two target-sends cases"
+        json["totals"]["passed"], 5,
+        "cancel-after-pull, unknown-patient and the three target-sends cases"
     );
 }
 

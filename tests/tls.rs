@@ -350,6 +350,7 @@ async fn both_token_endpoints_verify_assertion_signatures() {
         ura: "90000456".into(),
         departments: Vec::new(),
         register: Default::default(),
+        records: Default::default(),
         faults: Default::default(),
         listen: SocketAddr::from(LOOPBACK),
         tls: node_tls.clone(),
@@ -427,7 +428,7 @@ fn a_remote_target_needs_a_tls_section_and_https_endpoints() {
         .assert()
         .code(2);
     assert!(
-        stderr(&refused).contains("is not an https URL"),
+        stderr(&refused).contains("is plain http; a remote target is reached over https"),
         "{}",
         stderr(&refused)
     );

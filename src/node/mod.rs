@@ -47,9 +47,10 @@ pub struct NodeConfig {
     pub name: String,
     pub ura: String,
     pub departments: Vec<Department>,
-    /// The records of the patients the node knows: each one's Patient (with a BSN) and,
-    /// for its sending role, the whole BgZ and letter.
+    /// The patients the node knows as a receiver (their Patient resources, with a BSN).
     pub register: ResourceStore,
+    /// What the node can send: the whole BgZ and letter of every patient in its records.
+    pub records: ResourceStore,
     pub faults: FaultSet,
     pub listen: SocketAddr,
     /// The catalogue and query forms the node notifies when it sends.
@@ -181,7 +182,7 @@ impl ReferenceNode {
     pub async fn start(mut config: NodeConfig) -> std::io::Result<Self> {
         // A letter nobody references: reading it must be refused (the
         // read-unreferenced-binary probe).
-        let _ = config.register.add(serde_json::json!({
+        let _ = config.records.add(serde_json::json!({
             "resourceType": "Binary",
             "id": "unreferenced-letter",
             "contentType": "application/pdf",

@@ -144,7 +144,7 @@ pub(super) async fn control_send(State(state): State<Arc<NodeState>>, body: Byte
             );
         }
     };
-    let records = &state.config.register;
+    let records = &state.config.records;
     let Some(patient) = records.patient_by_bsn(&request.bsn) else {
         return control_error(
             StatusCode::NOT_FOUND,
@@ -413,7 +413,7 @@ fn serve_search(state: &NodeState, offer: &Offer, relative: &str, headers: &Head
             "the search is not one of the notified searches",
         );
     }
-    let records = &state.config.register;
+    let records = &state.config.records;
     let scope = match other_patient_scope(state, &url) {
         Some(scope) if state.has(Fault::AnswerOtherPatients) => scope,
         _ => offer.scope.clone(),
@@ -460,7 +460,7 @@ fn other_patient_scope(state: &NodeState, url: &SearchUrl) -> Option<PatientScop
         .find(|(n, _)| n.ends_with("identifier"))
         .and_then(|(_, v)| v.split_once('|'))
         .map(|(_, bsn)| bsn.to_owned())?;
-    let patient = state.config.register.patient_by_bsn(&bsn)?;
+    let patient = state.config.records.patient_by_bsn(&bsn)?;
     Some(PatientScope {
         patient_ref: resource_key(patient)?,
         bsn,
@@ -529,7 +529,7 @@ pub(super) async fn read(
         };
     }
     let key = format!("{rtype}/{id}");
-    let records = &state.config.register;
+    let records = &state.config.records;
     let allowed = state.has(Fault::ServeUnreferenced)
         || records.reachable_from_patient(&offer.scope).contains(&key);
     let Some(resource) = records.get(&key).filter(|_| allowed) else {

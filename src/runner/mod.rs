@@ -215,12 +215,21 @@ pub async fn prepare(
                         .map_err(SetupError::Fixture)?;
                 }
             }
+            // As sender the node has every loaded patient's record; as receiver it knows
+            // only the target's known patients.
+            let mut records = crate::fhir::store::ResourceStore::default();
+            for fixture in fixtures.patients.values() {
+                records
+                    .extend(&fixture.store)
+                    .map_err(SetupError::Fixture)?;
+            }
             let listen = SocketAddr::from(([127, 0, 0, 1], 0));
             let node = ReferenceNode::start(NodeConfig {
                 name: target.name.clone(),
                 ura: target.ura.clone(),
                 departments: target.departments.clone(),
                 register,
+                records,
                 faults: options.node_faults.clone(),
                 listen,
                 queries: target.protocol.query_options(),

@@ -305,6 +305,8 @@ pub enum CheckId {
     SbvzCheckedBeforeRegistration,
     /// The target registered the unknown patient only when SBV-Z verified the BSN.
     RegistrationFollowsSbvz,
+    /// The Patient the target sent lets the receiver verify the BSN at SBV-Z (search path 2).
+    PatientVerifiable,
 }
 
 impl CheckId {
@@ -330,6 +332,7 @@ impl CheckId {
             CheckId::ProbeRefused => "probe-refused",
             CheckId::SbvzCheckedBeforeRegistration => "sbvz-checked-before-registration",
             CheckId::RegistrationFollowsSbvz => "registration-follows-sbvz",
+            CheckId::PatientVerifiable => "patient-verifiable",
         }
     }
 
@@ -343,7 +346,8 @@ impl CheckId {
             | CheckId::WorkflowTaskServed
             | CheckId::SearchesAnswered
             | CheckId::BundlesConform
-            | CheckId::LetterServedIntact => StepKind::Pull,
+            | CheckId::LetterServedIntact
+            | CheckId::PatientVerifiable => StepKind::Pull,
             CheckId::CancellationValid => StepKind::AwaitCancellation,
             CheckId::PullRefusedAfterCancel => StepKind::PullAfterCancel,
             CheckId::ProbeRefused => StepKind::Probe,

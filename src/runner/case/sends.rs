@@ -46,6 +46,8 @@ pub(super) struct Pulled {
     pub answers: Vec<(String, Option<String>, Vec<String>)>,
     pub findings: Vec<(Finding, String)>,
     pub letter: Option<Result<String, (String, Vec<String>)>>,
+    /// The harness, as receiver, verifying the unknown patient's BSN at SBV-Z.
+    pub verification: Option<Result<String, (String, Vec<String>)>>,
     pub exchanges: Vec<String>,
 }
 
@@ -489,6 +491,11 @@ impl CaseRun<'_> {
                 self.pull_letter(&base, &token, &resources, &mut pulled.exchanges)
                     .await,
             );
+            // 6. As a receiver that does not know the patient: verify the BSN at SBV-Z.
+            if step.checks.contains(&CheckId::PatientVerifiable) {
+                pulled.verification =
+                    Some(self.verify_patient(&notification.bsn, &resources).await);
+            }
         }
 
         let results = step
@@ -616,6 +623,105 @@ impl CaseRun<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// Builds OpvragenVerifieren from the pulled Patient (search path 2) and asks the SBV-Z
+    /// double, which knows the person: the target's Patient must carry enough to ask.
+    async fn verify_patient(
+        &self,
+        bsn: &str,
+        resources: &[Value],
+    ) -> Result<String, (String, Vec<String>)> {
+        use crate::protocol::sbvz::{
+            Resultaat, SbvzOperation, SbvzReply, Vraag, parse_response, verifieren_request,
+        };
+        use crate::sim::sbvz::{SbvzCase, SbvzPerson};
+        let patient = resources
+            .iter()
+            .find(|r| {
+                r["resourceType"] == "Patient"
+                    && crate::fhir::store::identifiers(r)
+                        .any(|(s, v)| s == crate::fhir::BSN_SYSTEM && v == bsn)
+            })
+            .ok_or((
+                "no Patient with the notified BSN came with the pull".to_owned(),
+                vec![],
+            ))?;
+        let vraag = Vraag::from_patient(patient, bsn).map_err(|e| {
+            (
+                format!("the Patient does not allow an SBV-Z question: {e}"),
+                vec![],
+            )
+        })?;
+        // The double answers per BSN: hold this BSN's turn while teaching and asking it.
+        let turn = super::lock(&self.ctx.sbvz_turns)
+            .entry(bsn.to_owned())
+            .or_default()
+            .clone();
+        let _turn = turn.lock_owned().await;
+        if let Some(known) = self
+            .fixture
+            .patient()
+            .and_then(|p| Vraag::from_patient(p, bsn).ok())
+        {
+            let person = SbvzPerson {
+                persoon: known.persoon,
+                adres: known.adres,
+            };
+            self.ctx
+                .sbvz
+                .register(bsn, SbvzCase::Found, person, &self.planned.id);
+        }
+        let request = verifieren_request(
+            &vraag,
+            &uuid::Uuid::new_v4().to_string(),
+            Default::default(),
+        )
+        .map_err(|e| (e.to_string(), vec![]))?;
+        let outgoing = Outgoing::with_body(
+            reqwest::Method::POST,
+            request.url(&self.ctx.sbvz.base_url()),
+            crate::protocol::soap::CONTENT_TYPE,
+            request.body.clone(),
+            ExchangeKind::Sbvz,
+        )
+        .header("SOAPAction", request.soap_action_header());
+        let exchange = self.as_receiver(outgoing).await.map_err(|e| (e, vec![]))?;
+        let bytes = exchange
+            .response
+            .as_ref()
+            .map(|r| r.body.bytes.clone())
+            .unwrap_or_default();
+        match parse_response(
+            SbvzOperation::OpvragenVerifieren,
+            &bytes,
+            &Default::default(),
+        ) {
+            Ok(SbvzReply::Answer(answer)) if answer.resultaat == Some(Resultaat::Goed) => {
+                Ok("SBV-Z verified the BSN with the data the target sent".to_owned())
+            }
+            Ok(SbvzReply::Answer(answer)) => {
+                let deviating = answer.deviating_fields().join(", ");
+                Err((
+                    format!(
+                        "SBV-Z did not verify the BSN with the data the target sent ({:?}; deviating: {deviating})",
+                        answer.resultaat
+                    ),
+                    vec![exchange.id],
+                ))
+            }
+            Ok(SbvzReply::Fault(fault)) => Err((
+                format!(
+                    "SBV-Z refused the question built from the target's Patient: {}",
+                    fault.string
+                ),
+                vec![exchange.id],
+            )),
+            Err(e) => Err((
+                format!("the SBV-Z answer was unreadable: {e}"),
+                vec![exchange.id],
+            )),
+        }
     }
 
     async fn pull_letter(
@@ -1114,6 +1220,32 @@ fn pull_check(id: CheckId, pulled: &Pulled) -> CheckOutcome {
                 Verdict::Fail,
                 "the letter identical as FHIR Binary and raw PDF, size and hash matching",
                 "not intact",
+                problem.clone(),
+                shown.clone(),
+            ),
+        },
+        CheckId::PatientVerifiable => match &pulled.verification {
+            None => check(
+                id,
+                Verdict::Error,
+                "",
+                "",
+                "the verification did not run",
+                vec![],
+            ),
+            Some(Ok(summary)) => check(
+                id,
+                Verdict::Pass,
+                "SBV-Z verifies the BSN from the Patient the target sent",
+                "verified",
+                summary.clone(),
+                vec![],
+            ),
+            Some(Err((problem, shown))) => check(
+                id,
+                Verdict::Fail,
+                "SBV-Z verifies the BSN from the Patient the target sent",
+                "not verifiable",
                 problem.clone(),
                 shown.clone(),
             ),
