@@ -220,3 +220,123 @@ fn confirm_steps_are_asked_at_the_terminal_when_interactive() {
         std::fs::read_to_string(dir.path().join("reports/technical-test/junit.xml")).unwrap();
     assert!(junit.contains("confirmed by the tester at the terminal"));
 }
+
+/// Replaces the target file's `control` endpoint with `triggers` (as a real node would
+/// need: a vendor's own HTTP call or script makes it send and cancel).
+fn with_triggers(path: &Path, triggers: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut text: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("control:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.push('\n');
+    text.push_str(triggers);
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn http_triggers_from_the_target_file_make_the_target_send_and_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr, sbvz_port) = serve(dir.path());
+    let target = target_file(dir.path(), &addr, sbvz_port, true);
+    let send_body = r#"{\"bsn\":\"{bsn}\",\"notification_base\":\"{notification-base}\",\"token_url\":\"{token-url}\",\"receiver_ura\":\"90000123\",\"owner\":{\"system\":\"urn:oid:2.999.90000123.1\",\"value\":\"{department}\"}}"#;
+    let triggers = format!(
+        "triggers:\n  send:\n    http: {{ url: \"https://{addr}/control/send\", body: \"{send_body}\" }}\n  cancel:\n    http: {{ url: \"https://{addr}/control/cancel\", body: \"{{\\\"identifier\\\":\\\"{{identifier}}\\\"}}\" }}\n"
+    );
+    with_triggers(&target, &triggers);
+    let output = Command::new(binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "run",
+            "--progress",
+            "never",
+            "--phase",
+            "technical-test",
+            "--scenario",
+            "cancel-sends",
+            "--target",
+        ])
+        .arg(&target)
+        .arg("--reports")
+        .arg(dir.path().join("reports"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn a_failing_trigger_command_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr, sbvz_port) = serve(dir.path());
+    let target = target_file(dir.path(), &addr, sbvz_port, true);
+    with_triggers(
+        &target,
+        "triggers:\n  send:\n    command: \"echo no vendor script here >&2; exit 3\"\n",
+    );
+    let output = Command::new(binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "run",
+            "--progress",
+            "never",
+            "--phase",
+            "technical-test",
+            "--scenario",
+            "known-patient-sends",
+            "--target",
+        ])
+        .arg(&target)
+        .arg("--reports")
+        .arg(dir.path().join("reports"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let junit =
+        std::fs::read_to_string(dir.path().join("reports/technical-test/junit.xml")).unwrap();
+    assert!(
+        junit.contains("the trigger command failed") && junit.contains("no vendor script here"),
+        "{junit}"
+    );
+}
+
+#[test]
+fn in_production_the_sbvz_check_is_a_confirm_answered_by_the_tester() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr, sbvz_port) = serve(dir.path());
+    let target = target_file(dir.path(), &addr, sbvz_port, false);
+    let answers = dir.path().join("answers.yaml");
+    std::fs::write(
+        &answers,
+        "answers:\n  - { case: \"*\", fact: sbvz-checked, answer: yes, note: seen in the SBV-Z log }\n  - { case: \"*\", fact: referral-filed, answer: yes }\n",
+    )
+    .unwrap();
+    let output = Command::new(binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "run",
+            "--progress",
+            "never",
+            "--phase",
+            "1-op-1",
+            "--scenario",
+            "unknown-patient",
+            "--interactive",
+            "never",
+            "--answers",
+        ])
+        .arg(&answers)
+        .arg("--target")
+        .arg(&target)
+        .arg("--reports")
+        .arg(dir.path().join("reports"))
+        .output()
+        .unwrap();
+    let junit = std::fs::read_to_string(dir.path().join("reports/1-op-1/junit.xml")).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{junit}");
+    assert!(
+        junit.contains("sbvz-checked-before-registration: confirmed by answers file"),
+        "{junit}"
+    );
+}

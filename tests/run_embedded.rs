@@ -104,7 +104,7 @@ fn skipping_server_verification_warns_and_marks_every_report() {
 
 /// Each fault, the scenario that exposes it, the check it must trip, and a phrase its
 /// message must contain.
-const FAULTS: [(&str, &str, &str, &str); 29] = [
+const FAULTS: [(&str, &str, &str, &str); 30] = [
     (
         "no-location",
         "known-patient",
@@ -278,6 +278,12 @@ const FAULTS: [(&str, &str, &str, &str); 29] = [
         "unknown-patient-sbvz-not-found",
         "registration-follows-sbvz",
         "although SBV-Z did not verify",
+    ),
+    (
+        "omit-birth-date",
+        "unknown-patient-sends",
+        "patient-verifiable",
+        "does not allow an SBV-Z question",
     ),
 ];
 

@@ -66,11 +66,13 @@ pub enum Fault {
     RegisterWithoutSbvz,
     /// As receiver: registers an unknown patient whatever SBV-Z answers.
     RegisterDespiteSbvz,
+    /// As sender: serves the Patient without its birth date.
+    OmitBirthDate,
 }
 
 impl Fault {
     /// Every fault, in the order `node faults` lists them.
-    pub const ALL: [Fault; 29] = [
+    pub const ALL: [Fault; 30] = [
         Fault::NoLocation,
         Fault::OmitAuthorizationBase,
         Fault::SkipWorkflowTask,
@@ -100,6 +102,7 @@ impl Fault {
         Fault::ServeUnreferenced,
         Fault::RegisterWithoutSbvz,
         Fault::RegisterDespiteSbvz,
+        Fault::OmitBirthDate,
     ];
 
     /// The name used on the command line.
@@ -134,6 +137,7 @@ impl Fault {
             Fault::ServeUnreferenced => "serve-unreferenced",
             Fault::RegisterWithoutSbvz => "register-without-sbvz",
             Fault::RegisterDespiteSbvz => "register-despite-sbvz",
+            Fault::OmitBirthDate => "omit-birth-date",
         }
     }
 
@@ -175,6 +179,7 @@ impl Fault {
             Fault::ServeUnreferenced => "as sender, serves resources nobody referenced",
             Fault::RegisterWithoutSbvz => "registers an unknown patient without an SBV-Z check",
             Fault::RegisterDespiteSbvz => "registers an unknown patient whatever SBV-Z answers",
+            Fault::OmitBirthDate => "as sender, serves the Patient without its birth date",
         }
     }
 }

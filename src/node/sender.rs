@@ -487,6 +487,12 @@ fn apply_serving_faults(state: &NodeState, bundle: &mut Value) {
         if state.has(Fault::OmitDisplay) {
             strip_reference_displays(resource);
         }
+        if state.has(Fault::OmitBirthDate)
+            && resource["resourceType"] == "Patient"
+            && let Some(patient) = resource.as_object_mut()
+        {
+            patient.remove("birthDate");
+        }
     }
 }
 

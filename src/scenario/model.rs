@@ -251,6 +251,9 @@ pub enum ConfirmFact {
     ReferralFiled,
     /// The referral is marked cancelled and gone from the worklist.
     ReferralCancelled,
+    /// The target verified the unknown patient's BSN at SBV-Z before registering (asked in
+    /// production phases, where SBV-Z is real).
+    SbvzChecked,
 }
 
 impl ConfirmFact {
@@ -259,6 +262,7 @@ impl ConfirmFact {
         match self {
             ConfirmFact::ReferralFiled => "referral-filed",
             ConfirmFact::ReferralCancelled => "referral-cancelled",
+            ConfirmFact::SbvzChecked => "sbvz-checked",
         }
     }
 }

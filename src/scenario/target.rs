@@ -80,6 +80,8 @@ struct TargetDoc {
     #[serde(default)]
     exchange_timeout: Option<Spanned<String>>,
     #[serde(default)]
+    triggers: Triggers,
+    #[serde(default)]
     tls: Option<TlsDoc>,
 }
 
@@ -109,6 +111,39 @@ struct TlsDoc {
 struct OrganisationDoc {
     name: String,
     ura: Spanned<String>,
+}
+
+/// How the harness makes a sending target act, when the target has no control API.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Triggers {
+    /// Makes the target send a referral for the case's patient.
+    #[serde(default)]
+    pub send: Option<Trigger>,
+    /// Makes the target cancel the referral it sent.
+    #[serde(default)]
+    pub cancel: Option<Trigger>,
+}
+
+/// One trigger: a shell command or an HTTP call. Placeholders `{bsn}`,
+/// `{notification-base}`, `{token-url}`, `{department}` and `{identifier}` are filled in.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum Trigger {
+    /// Run with `sh -c`; exit status 0 means done.
+    Command(String),
+    /// An HTTP request; a 2xx answer means done.
+    Http {
+        #[serde(default = "post")]
+        method: String,
+        url: String,
+        #[serde(default)]
+        body: Option<String>,
+    },
+}
+
+fn post() -> String {
+    "POST".to_owned()
 }
 
 /// The target's endpoints.
@@ -173,6 +208,8 @@ pub struct Target {
     pub exchange_timeout: Duration,
     /// The harness's TLS material for a remote target; an embedded run makes its own.
     pub tls: Option<TlsFiles>,
+    /// How to make a sending target act without a control API.
+    pub triggers: Triggers,
     /// The file it came from, or `(embedded)`.
     pub file: String,
 }
@@ -220,6 +257,7 @@ impl Target {
             known_patients: vec!["known".to_owned(), "other".to_owned()],
             exchange_timeout: Duration::from_secs(10),
             tls: None,
+            triggers: Triggers::default(),
             file: "(embedded)".to_owned(),
         }
     }
@@ -367,6 +405,7 @@ impl Target {
             protocol: doc.protocol,
             known_patients: doc.known_patients,
             exchange_timeout,
+            triggers: doc.triggers,
             tls,
             file,
         })

@@ -81,6 +81,13 @@ impl CaseRun<'_> {
         letter: LetterOffer,
         prompt: Option<&str>,
     ) -> StepOutcome {
+        let configured = match action {
+            TriggerAction::Send => self.ctx.target.triggers.send.clone(),
+            TriggerAction::Cancel => self.ctx.target.triggers.cancel.clone(),
+        };
+        if let Some(trigger) = configured {
+            return self.run_trigger(step, action, &trigger).await;
+        }
         let Some(control) = self.ctx.endpoints.control_url.clone() else {
             let text = prompt.unwrap_or("Make the target do this now, then answer y.");
             let question = match action {
@@ -187,6 +194,140 @@ impl CaseRun<'_> {
             );
         }
         step_outcome(step, Verdict::Pass, Vec::new(), None, vec![exchange.id])
+    }
+
+    /// Runs a trigger from the target file: a shell command or an HTTP call.
+    async fn run_trigger(
+        &mut self,
+        step: &Step,
+        action: TriggerAction,
+        trigger: &crate::scenario::target::Trigger,
+    ) -> StepOutcome {
+        use crate::scenario::target::Trigger;
+        if action == TriggerAction::Send && self.state.slot.is_none() {
+            let (slot, base) = self
+                .ctx
+                .receiver
+                .open_slot(&self.planned.id, &self.fixture.scope.bsn);
+            self.state.slot = Some((slot, base));
+        }
+        let identifier = self
+            .state
+            .received
+            .as_ref()
+            .and_then(|r| r.task["identifier"][0]["value"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let notification_base = self
+            .state
+            .slot
+            .as_ref()
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default();
+        let fill = |text: &str| {
+            text.replace("{bsn}", &self.fixture.scope.bsn)
+                .replace("{notification-base}", &notification_base)
+                .replace("{token-url}", &self.ctx.receiver.token_url())
+                .replace("{department}", &self.planned.counterpart.department)
+                .replace("{identifier}", &identifier)
+        };
+        let limit = self.ctx.target.exchange_timeout * 3;
+        match trigger {
+            Trigger::Command(command) => {
+                let mut child = tokio::process::Command::new("sh");
+                child
+                    .arg("-c")
+                    .arg(fill(command))
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true);
+                match tokio::time::timeout(limit, child.output()).await {
+                    Ok(Ok(output)) if output.status.success() => {
+                        step_outcome(step, Verdict::Pass, Vec::new(), None, Vec::new())
+                    }
+                    Ok(Ok(output)) => {
+                        let stderr: String = String::from_utf8_lossy(&output.stderr)
+                            .chars()
+                            .take(300)
+                            .collect();
+                        step_outcome(
+                            step,
+                            Verdict::Error,
+                            Vec::new(),
+                            Some(format!(
+                                "the trigger command failed ({}): {stderr}",
+                                output.status
+                            )),
+                            Vec::new(),
+                        )
+                    }
+                    Ok(Err(e)) => step_outcome(
+                        step,
+                        Verdict::Error,
+                        Vec::new(),
+                        Some(format!("the trigger command could not start: {e}")),
+                        Vec::new(),
+                    ),
+                    Err(_) => step_outcome(
+                        step,
+                        Verdict::Error,
+                        Vec::new(),
+                        Some(format!(
+                            "the trigger command did not finish within {} s",
+                            limit.as_secs()
+                        )),
+                        Vec::new(),
+                    ),
+                }
+            }
+            Trigger::Http { method, url, body } => {
+                let method =
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+                let outgoing = match body {
+                    Some(body) => Outgoing::with_body(
+                        method,
+                        fill(url),
+                        "application/json",
+                        fill(body),
+                        ExchangeKind::Control,
+                    ),
+                    None => Outgoing {
+                        method,
+                        ..Outgoing::get(fill(url), ExchangeKind::Control)
+                    },
+                };
+                match self
+                    .ctx
+                    .inspector
+                    .send(outgoing.for_case(Some(&self.planned.id)))
+                    .await
+                {
+                    Ok(exchange)
+                        if exchange
+                            .response
+                            .as_ref()
+                            .is_some_and(|r| (200..300).contains(&r.status)) =>
+                    {
+                        step_outcome(step, Verdict::Pass, Vec::new(), None, vec![exchange.id])
+                    }
+                    Ok(exchange) => {
+                        let status = exchange.response.as_ref().map_or(0, |r| r.status);
+                        step_outcome(
+                            step,
+                            Verdict::Error,
+                            Vec::new(),
+                            Some(format!("the trigger call answered {status}")),
+                            vec![exchange.id],
+                        )
+                    }
+                    Err(e) => step_outcome(
+                        step,
+                        Verdict::Error,
+                        Vec::new(),
+                        Some(e.to_string()),
+                        Vec::new(),
+                    ),
+                }
+            }
+        }
     }
 
     pub(super) async fn await_notification(
