@@ -365,34 +365,59 @@ fn fixture_secrets() -> Vec<String> {
 fn no_report_contains_a_fixture_bsn_name_birth_date_or_token() {
     let secrets = fixture_secrets();
     let dir = tempfile::tempdir().unwrap();
-    // A failing run shows the most evidence; run one clean and one faulty.
-    run_into(&dir.path().join("clean"), &[]).code(0);
+    // Every phase of a clean run, and a failing run, which shows the most evidence.
+    harness()
+        .args(["run", "--progress", "never", "--reports"])
+        .arg(dir.path().join("clean"))
+        .assert()
+        .code(0);
     run_into(
         &dir.path().join("faulty"),
         &["--node-fault", "wrong-patient"],
     )
     .code(1);
 
-    for phase_dir in ["clean/technical-test", "faulty/technical-test"] {
-        for file in ["junit.xml", "report.html", "results.json"] {
-            let path = dir.path().join(phase_dir).join(file);
-            let text = std::fs::read_to_string(&path).unwrap();
-            for secret in &secrets {
-                assert!(
-                    !text.contains(secret.as_str()),
-                    "{} leaks a fixture value",
-                    path.display()
-                );
-            }
-            for prefix in ["\"ab-", "\"at-", "\"nt-", "Bearer at-", "Bearer nt-", "eyJ"] {
-                assert!(
-                    !text.contains(prefix),
-                    "{} leaks a token ({prefix})",
-                    path.display()
-                );
+    let mut checked = 0;
+    for run in ["clean", "faulty"] {
+        for phase in std::fs::read_dir(dir.path().join(run)).unwrap() {
+            let phase = phase.unwrap().path();
+            for file in ["junit.xml", "report.html", "results.json"] {
+                let path = phase.join(file);
+                let text = std::fs::read_to_string(&path).unwrap();
+                checked += 1;
+                for secret in &secrets {
+                    assert!(
+                        !text.contains(secret.as_str()),
+                        "{} leaks a fixture value",
+                        path.display()
+                    );
+                }
+                let tokens = [
+                    "\"ab-",
+                    "\"at-",
+                    "\"nt-",
+                    "\"pt-",
+                    "\"rt-",
+                    "Bearer at-",
+                    "Bearer nt-",
+                    "Bearer pt-",
+                    "Bearer rt-",
+                    "eyJ",
+                ];
+                for marker in tokens.iter().chain(&["PRIVATE KEY"]) {
+                    assert!(
+                        !text.contains(marker),
+                        "{} leaks a token or key ({marker})",
+                        path.display()
+                    );
+                }
             }
         }
     }
+    assert_eq!(
+        checked, 15,
+        "4 phases of the clean run and 1 of the faulty run, 3 files each"
+    );
 }
 
 #[test]

@@ -387,6 +387,13 @@ impl CaseRun<'_> {
             page_size: settings.page_size,
             revoked: AtomicBool::new(false),
             hold_token: settings.hold_token,
+            notified: notified_queries(
+                &fixture.scope.bsn,
+                self.ctx.target.protocol.query_options(),
+            )
+            .iter()
+            .filter_map(|q| crate::fhir::search::SearchUrl::parse_relative(&q.query).ok())
+            .collect(),
             released: tokio::sync::watch::Sender::new(false),
             token_waiting: AtomicBool::new(false),
         });

@@ -50,6 +50,8 @@ pub struct Share {
     pub revoked: AtomicBool,
     /// When true, token requests wait until [`SenderSim::revoke`] releases them.
     pub hold_token: bool,
+    /// The notified searches: the access token answers only these (and their pages).
+    pub notified: Vec<SearchUrl>,
     /// Flipped to true by [`SenderSim::revoke`].
     pub released: tokio::sync::watch::Sender<bool>,
     /// Set while a held token request waits for the release.
@@ -336,6 +338,13 @@ fn serve_search(
         Ok(url) => url,
         Err(e) => return outcome_response(StatusCode::BAD_REQUEST, "invalid", &e.to_string()),
     };
+    if !share.notified.iter().any(|n| n.same_search(&url)) {
+        return outcome_response(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the access token is bound to the notified searches; this is not one of them",
+        );
+    }
     let hits = match share.store.search(&url, &share.scope) {
         Ok(hits) => hits,
         Err(e) => {
