@@ -330,6 +330,28 @@ impl CaseRun<'_> {
         }
     }
 
+    /// Waits up to `within` until `arrived` finds something in the case's slot.
+    async fn wait_for_slot<T>(
+        &self,
+        within: Duration,
+        arrived: impl Fn() -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(found) = arrived() {
+                return Some(found);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            self.ctx
+                .receiver
+                .wait_for_arrival(remaining.min(Duration::from_millis(200)))
+                .await;
+        }
+    }
+
     pub(super) async fn await_notification(
         &mut self,
         step: &Step,
@@ -344,23 +366,9 @@ impl CaseRun<'_> {
                 Vec::new(),
             );
         };
-        let deadline = Instant::now() + within;
-        let task = loop {
-            if let Some(task) = super::lock(&slot.notifications).first().cloned() {
-                break Some(task);
-            }
-            if Instant::now() >= deadline {
-                break None;
-            }
-            self.ctx
-                .receiver
-                .wait_for_arrival(
-                    deadline
-                        .saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(200)),
-                )
-                .await;
-        };
+        let task = self
+            .wait_for_slot(within, || super::lock(&slot.notifications).first().cloned())
+            .await;
         let exchanges = self.ctx.journal.for_case(&self.planned.id);
         let notification_exchange = exchanges
             .iter()
@@ -1000,23 +1008,9 @@ impl CaseRun<'_> {
                 Vec::new(),
             );
         };
-        let deadline = Instant::now() + within;
-        let cancellation = loop {
-            if let Some(c) = super::lock(&slot.cancellations).first().cloned() {
-                break Some(c);
-            }
-            if Instant::now() >= deadline {
-                break None;
-            }
-            self.ctx
-                .receiver
-                .wait_for_arrival(
-                    deadline
-                        .saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(200)),
-                )
-                .await;
-        };
+        let cancellation = self
+            .wait_for_slot(within, || super::lock(&slot.cancellations).first().cloned())
+            .await;
         let exchange = self
             .ctx
             .journal
