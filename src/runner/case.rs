@@ -276,6 +276,24 @@ impl CaseRun<'_> {
             .collect()
     }
 
+    /// A FHIR JSON request of this case to the target, with the bearer token when given.
+    fn fhir_request(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: &Value,
+        kind: ExchangeKind,
+        token: Option<&str>,
+    ) -> Outgoing {
+        let mut request = Outgoing::with_body(method, url, FHIR_JSON, body.to_string(), kind)
+            .header("accept", "application/fhir+json")
+            .for_case(self.case_id());
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request
+    }
+
     /// Signs an assertion with the harness's client key.
     fn sign(&self, claims: &AssertionClaims) -> Result<String, String> {
         encode_jwt(claims, &self.ctx.signer)
@@ -451,16 +469,13 @@ impl CaseRun<'_> {
         let task = build_notification(&spec);
         let url = format!("{}/Task", self.ctx.endpoints.notification_base);
         let at_us = self.ctx.journal.now_us();
-        let request = Outgoing::with_body(
+        let request = self.fhir_request(
             reqwest::Method::POST,
             url,
-            FHIR_JSON,
-            task.to_string(),
+            &task,
             ExchangeKind::Notification,
-        )
-        .header("authorization", format!("Bearer {token}"))
-        .header("accept", "application/fhir+json")
-        .for_case(self.case_id());
+            Some(&token),
+        );
         let exchange = match self.ctx.to_target.send(request).await {
             Ok(exchange) => exchange,
             Err(e) => {
@@ -691,16 +706,13 @@ impl CaseRun<'_> {
             crate::fhir::search::encode(&identifier)
         );
         let body = build_cancellation(&sent.identifier, &self.fixture.scope.bsn);
-        let request = Outgoing::with_body(
+        let request = self.fhir_request(
             reqwest::Method::PUT,
             url,
-            FHIR_JSON,
-            body.to_string(),
+            &body,
             ExchangeKind::Cancellation,
-        )
-        .header("authorization", format!("Bearer {token}"))
-        .header("accept", "application/fhir+json")
-        .for_case(self.case_id());
+            Some(&token),
+        );
         let exchange = match self.ctx.to_target.send(request).await {
             Ok(exchange) => exchange,
             Err(e) => {

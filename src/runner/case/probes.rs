@@ -7,7 +7,6 @@ use serde_json::Value;
 use super::{CaseRun, step_outcome};
 use crate::fhir::BSN_SYSTEM;
 use crate::fhir::catalogue::notified_queries;
-use crate::fhir::media::FHIR_JSON;
 use crate::fhir::search::SearchUrl;
 use crate::journal::{Exchange, ExchangeKind};
 use crate::protocol::IDENTIFIER_SYSTEM;
@@ -191,17 +190,13 @@ impl CaseRun<'_> {
         token: Option<&str>,
     ) -> Result<Exchange, String> {
         let url = format!("{}/Task", self.ctx.endpoints.notification_base);
-        let mut request = Outgoing::with_body(
+        let request = self.fhir_request(
             reqwest::Method::POST,
             url,
-            FHIR_JSON,
-            task.to_string(),
+            task,
             ExchangeKind::Notification,
-        )
-        .header("accept", "application/fhir+json");
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
+            token,
+        );
         self.send_to_target(request).await
     }
 
