@@ -671,6 +671,7 @@ async fn serve_command(
         queries: target.protocol.query_options(),
         sbvz_url: sbvz.clone(),
         tls,
+        token_lifetime: target.protocol.access_token_lifetime,
     })
     .await
     {

@@ -62,11 +62,13 @@ pub enum PkiFile {
     ForeignCaKey,
     ForeignClient,
     ForeignClientKey,
+    OtherClient,
+    OtherClientKey,
 }
 
 impl PkiFile {
     /// Every file, in the order `README.txt` lists them.
-    pub const ALL: [PkiFile; 22] = [
+    pub const ALL: [PkiFile; 24] = [
         PkiFile::RootCa,
         PkiFile::RootCaKey,
         PkiFile::RootCrl,
@@ -89,6 +91,8 @@ impl PkiFile {
         PkiFile::ForeignCaKey,
         PkiFile::ForeignClient,
         PkiFile::ForeignClientKey,
+        PkiFile::OtherClient,
+        PkiFile::OtherClientKey,
     ];
 
     /// The file name inside the PKI folder.
@@ -116,6 +120,8 @@ impl PkiFile {
             PkiFile::ForeignCaKey => "foreign-ca.key.pem",
             PkiFile::ForeignClient => "foreign-client.pem",
             PkiFile::ForeignClientKey => "foreign-client.key.pem",
+            PkiFile::OtherClient => "other-org-client.pem",
+            PkiFile::OtherClientKey => "other-org-client.key.pem",
         }
     }
 
@@ -148,6 +154,10 @@ impl PkiFile {
             PkiFile::ForeignCaKey => "its private key",
             PkiFile::ForeignClient => "client certificate issued by foreign-ca.pem",
             PkiFile::ForeignClientKey => "its private key",
+            PkiFile::OtherClient => {
+                "valid client certificate of another organisation (token-binding probes)"
+            }
+            PkiFile::OtherClientKey => "its private key",
         }
     }
 }
@@ -161,13 +171,16 @@ pub struct Organisation {
     pub ura: String,
 }
 
-/// The two parties of a test PKI.
+/// The parties of a test PKI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PkiSpec {
     /// The harness (simulated sender and its clients).
     pub harness: Organisation,
     /// The reference node.
     pub node: Organisation,
+    /// A third organisation with a valid client certificate: a client that must not be able
+    /// to use tokens issued to the harness.
+    pub other: Organisation,
 }
 
 impl Default for PkiSpec {
@@ -180,6 +193,10 @@ impl Default for PkiSpec {
             node: Organisation {
                 name: "Referentieziekenhuis (reference node)".to_owned(),
                 ura: EMBEDDED_URA.to_owned(),
+            },
+            other: Organisation {
+                name: "Ander Ziekenhuis (TEST)".to_owned(),
+                ura: "90000789".to_owned(),
             },
         }
     }
@@ -549,6 +566,14 @@ fn build(spec: &PkiSpec, now: OffsetDateTime) -> Result<Vec<(PkiFile, String)>, 
         valid,
         [PkiFile::RevokedClient, PkiFile::RevokedClientKey],
         "revoked client certificate",
+    )?;
+    issue(
+        &spec.other,
+        Role::Client,
+        new_key(KeyKind::EcdsaP256, "other organisation's client key")?,
+        valid,
+        [PkiFile::OtherClient, PkiFile::OtherClientKey],
+        "other organisation's client certificate",
     )?;
     issue(
         &spec.harness,

@@ -21,6 +21,7 @@ use crate::journal::{Body, Exchange, ExchangeKind, Journal, Party, Request, Resp
 mod tls;
 
 pub use tls::{
+    Leniency,
     ChainVerifier, ClientTls, PeerCertificates, PemSource, ServerTls, ServerVerification, TlsError,
     TlsFiles, TlsIdentity, TlsSettings, load_identity,
 };

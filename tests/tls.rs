@@ -356,6 +356,7 @@ async fn both_token_endpoints_verify_assertion_signatures() {
         tls: node_tls.clone(),
         queries: Default::default(),
         sbvz_url: None,
+        token_lifetime: std::time::Duration::from_secs(300),
     })
     .await
     .unwrap();

@@ -68,11 +68,23 @@ pub enum Fault {
     RegisterDespiteSbvz,
     /// As sender: serves the Patient without its birth date.
     OmitBirthDate,
+    /// Accepts access tokens after they expired.
+    AcceptExpiredToken,
+    /// Accepts an access token from another organisation than the one it was issued to.
+    AcceptTokenOfAnotherClient,
+    /// Trusts client certificates from any CA.
+    AcceptForeignCa,
+    /// Accepts client certificates its CRLs list as revoked.
+    IgnoreRevocation,
+    /// Accepts expired client certificates.
+    AcceptExpiredCertificate,
+    /// Writes BSNs and names into its log.
+    LogPatientData,
 }
 
 impl Fault {
     /// Every fault, in the order `node faults` lists them.
-    pub const ALL: [Fault; 30] = [
+    pub const ALL: [Fault; 36] = [
         Fault::NoLocation,
         Fault::OmitAuthorizationBase,
         Fault::SkipWorkflowTask,
@@ -103,6 +115,12 @@ impl Fault {
         Fault::RegisterWithoutSbvz,
         Fault::RegisterDespiteSbvz,
         Fault::OmitBirthDate,
+        Fault::AcceptExpiredToken,
+        Fault::AcceptTokenOfAnotherClient,
+        Fault::AcceptForeignCa,
+        Fault::IgnoreRevocation,
+        Fault::AcceptExpiredCertificate,
+        Fault::LogPatientData,
     ];
 
     /// The name used on the command line.
@@ -138,6 +156,12 @@ impl Fault {
             Fault::RegisterWithoutSbvz => "register-without-sbvz",
             Fault::RegisterDespiteSbvz => "register-despite-sbvz",
             Fault::OmitBirthDate => "omit-birth-date",
+            Fault::AcceptExpiredToken => "accept-expired-token",
+            Fault::AcceptTokenOfAnotherClient => "accept-token-of-another-client",
+            Fault::AcceptForeignCa => "accept-foreign-ca",
+            Fault::IgnoreRevocation => "ignore-revocation",
+            Fault::AcceptExpiredCertificate => "accept-expired-certificate",
+            Fault::LogPatientData => "log-patient-data",
         }
     }
 
@@ -180,6 +204,14 @@ impl Fault {
             Fault::RegisterWithoutSbvz => "registers an unknown patient without an SBV-Z check",
             Fault::RegisterDespiteSbvz => "registers an unknown patient whatever SBV-Z answers",
             Fault::OmitBirthDate => "as sender, serves the Patient without its birth date",
+            Fault::AcceptExpiredToken => "accepts access tokens after they expired",
+            Fault::AcceptTokenOfAnotherClient => {
+                "accepts a token from another organisation than the one it was issued to"
+            }
+            Fault::AcceptForeignCa => "trusts client certificates from any CA",
+            Fault::IgnoreRevocation => "accepts client certificates its CRLs list as revoked",
+            Fault::AcceptExpiredCertificate => "accepts expired client certificates",
+            Fault::LogPatientData => "writes BSNs and patient names into its log",
         }
     }
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::fhir::store::ResourceStore;
 use crate::protocol::notification::Ident;
 use crate::protocol::token::{AssertionValidator, CertificateSigner};
-use crate::transport::{ClientSettings, PlainServer, TlsSettings, http_client};
+use crate::transport::{ClientSettings, PeerCertificates, PlainServer, TlsSettings, http_client};
 use faults::{Fault, FaultSet};
 
 /// A department (HealthcareService) of an organisation.
@@ -60,6 +60,25 @@ pub struct NodeConfig {
     /// The node's server and client certificates and the CA it trusts: it serves HTTPS,
     /// requires client certificates, and signs its client assertions with its client key.
     pub tls: TlsSettings,
+    /// How long the access tokens it issues live (protocol.md §13.9).
+    pub token_lifetime: std::time::Duration,
+}
+
+/// An access token the node issued: until when, and to which organisation (the URA of the
+/// client certificate it was requested with).
+#[derive(Debug, Clone)]
+pub(crate) struct Issued {
+    pub expires: i64,
+    pub client: Option<String>,
+}
+
+impl Issued {
+    fn new(state: &NodeState, peer: &PeerCertificates) -> Self {
+        Self {
+            expires: crate::protocol::token::unix_now() + state.token_lifetime_s(),
+            client: peer.ura(),
+        }
+    }
 }
 
 /// One referral as filed in a department's inbox.
@@ -115,7 +134,7 @@ pub(crate) struct NodeState {
             ),
         >,
     >,
-    tokens: Mutex<HashMap<String, i64>>,
+    tokens: Mutex<HashMap<String, Issued>>,
     validator: AssertionValidator,
     /// Checks client assertions sent to the sending role's token endpoint.
     pull_validator: AssertionValidator,
@@ -129,6 +148,23 @@ pub(crate) struct NodeState {
 impl NodeState {
     fn has(&self, fault: Fault) -> bool {
         self.config.faults.contains(&fault)
+    }
+
+    fn token_lifetime_s(&self) -> i64 {
+        i64::try_from(self.config.token_lifetime.as_secs()).unwrap_or(i64::MAX / 2)
+    }
+
+    /// Why a token issued as `issued` may not be used on a connection from `peer` now.
+    fn token_refusal(&self, issued: &Issued, peer: &PeerCertificates) -> Option<&'static str> {
+        if issued.expires < crate::protocol::token::unix_now()
+            && !self.has(Fault::AcceptExpiredToken)
+        {
+            return Some("the access token has expired");
+        }
+        if issued.client != peer.ura() && !self.has(Fault::AcceptTokenOfAnotherClient) {
+            return Some("the access token was issued to another organisation");
+        }
+        None
     }
 
     /// Validates a client assertion, relaxed by the switched-on token faults.
@@ -192,6 +228,12 @@ impl ReferenceNode {
         let addr = listener.local_addr()?;
         drop(listener);
         let base = format!("https://{addr}");
+        let leniency = crate::transport::Leniency {
+            foreign_ca: config.faults.contains(&Fault::AcceptForeignCa),
+            revoked: config.faults.contains(&Fault::IgnoreRevocation),
+            expired: config.faults.contains(&Fault::AcceptExpiredCertificate),
+        };
+        config.tls = config.tls.lenient(leniency).map_err(std::io::Error::other)?;
         let tls = config.tls.clone();
         let http = http_client(&ClientSettings {
             tls: Some(tls.client.clone()),

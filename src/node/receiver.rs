@@ -12,17 +12,15 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{InboxEntry, InboxStatus, NodeState, SenderEndpoints, lock, puller, sender};
+use super::{InboxEntry, InboxStatus, Issued, NodeState, SenderEndpoints, lock, puller, sender};
 use crate::fhir::media::{FHIR_JSON, is_fhir_json};
 use crate::fhir::outcome::operation_outcome;
 use crate::node::faults::Fault;
 use crate::protocol::notification::read_notification;
 use crate::protocol::token::{
-    GRANT_TYPE, TokenResponse, form_value, opaque_token, parse_form, token_error, unix_now,
+    GRANT_TYPE, TokenResponse, form_value, opaque_token, parse_form, token_error,
 };
 use crate::transport::PeerCertificates;
-
-const NOTIFICATION_TOKEN_LIFETIME_S: i64 = 300;
 
 pub(super) fn router(state: Arc<NodeState>) -> Router {
     Router::new()
@@ -68,51 +66,65 @@ async fn token(
     let Some(assertion) = form_value(&form, "client_assertion") else {
         return error("invalid_client", "client_assertion is missing");
     };
-    let presented = peer.map(|Extension(p)| p.0).unwrap_or_default();
-    if let Err(e) = state.check_assertion(&state.validator, assertion, &presented) {
+    let presented = peer.map(|Extension(p)| p).unwrap_or_default();
+    if let Err(e) = state.check_assertion(&state.validator, assertion, &presented.0) {
         return error("invalid_client", &e);
     }
     let access_token = opaque_token("nt");
-    lock(&state.tokens).insert(
-        access_token.clone(),
-        unix_now() + NOTIFICATION_TOKEN_LIFETIME_S,
-    );
+    let issued = Issued::new(&state, &presented);
+    lock(&state.tokens).insert(access_token.clone(), issued);
     Json(TokenResponse {
         access_token,
         token_type: "Bearer".to_owned(),
-        expires_in: NOTIFICATION_TOKEN_LIFETIME_S as u64,
+        expires_in: state.config.token_lifetime.as_secs(),
     })
     .into_response()
 }
 
-fn bearer_is_valid(state: &NodeState, headers: &HeaderMap) -> bool {
+/// Refuses a request whose Bearer token the node did not issue, has expired, or was issued
+/// to another organisation: `401` with `WWW-Authenticate` and an OperationOutcome.
+fn check_bearer(
+    state: &NodeState,
+    headers: &HeaderMap,
+    peer: &PeerCertificates,
+) -> Result<(), Box<Response>> {
     if state.has(Fault::AcceptAnyToken) {
-        return true;
+        return Ok(());
     }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    token
-        .and_then(|t| lock(&state.tokens).get(t.trim()).copied())
-        .is_some_and(|expires| expires >= unix_now())
+    let issued = token.and_then(|t| lock(&state.tokens).get(t.trim()).cloned());
+    let refusal = match &issued {
+        None => Some("a valid Bearer token is required"),
+        Some(issued) => state.token_refusal(issued, peer),
+    };
+    match refusal {
+        None => Ok(()),
+        Some(reason) => Err(Box::new(unauthorized(reason))),
+    }
+}
+
+/// `401` with `WWW-Authenticate: Bearer error="invalid_token"` and an OperationOutcome.
+pub(super) fn unauthorized(reason: &str) -> Response {
+    let mut response = outcome(StatusCode::UNAUTHORIZED, "login", reason);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    );
+    response
 }
 
 async fn notification(
     State(state): State<Arc<NodeState>>,
+    peer: Option<Extension<PeerCertificates>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !bearer_is_valid(&state, &headers) {
-        let mut response = outcome(
-            StatusCode::UNAUTHORIZED,
-            "login",
-            "a valid Bearer token is required",
-        );
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
+    let peer = peer.map(|Extension(p)| p).unwrap_or_default();
+    if let Err(response) = check_bearer(&state, &headers, &peer) {
+        return *response;
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -218,16 +230,14 @@ async fn notification(
 /// is kept so a late notification is recognised).
 async fn cancellation(
     State(state): State<Arc<NodeState>>,
+    peer: Option<Extension<PeerCertificates>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !bearer_is_valid(&state, &headers) {
-        return outcome(
-            StatusCode::UNAUTHORIZED,
-            "login",
-            "a valid Bearer token is required",
-        );
+    let peer = peer.map(|Extension(p)| p).unwrap_or_default();
+    if let Err(response) = check_bearer(&state, &headers, &peer) {
+        return *response;
     }
     let params =
         crate::fhir::search::parse_query(query.as_deref().unwrap_or_default()).unwrap_or_default();

@@ -38,7 +38,6 @@ use crate::transport::PeerCertificates;
 
 /// Matches per page the node serves.
 const PAGE_SIZE: usize = 20;
-const PULL_TOKEN_LIFETIME_S: i64 = 300;
 
 /// Where and to whom the node sends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,7 +84,7 @@ pub(super) struct SenderState {
     /// Offers by authorization base.
     offers: Mutex<HashMap<String, Arc<Offer>>>,
     /// Pull tokens: token -> (offer, expiry).
-    grants: Mutex<HashMap<String, (Arc<Offer>, i64)>>,
+    grants: Mutex<HashMap<String, (Arc<Offer>, super::Issued)>>,
 }
 
 fn fhir(status: StatusCode, body: &Value) -> Response {
@@ -312,11 +311,8 @@ pub(super) async fn pull_token(
     let Some(assertion) = form_value(&form, "client_assertion") else {
         return error("invalid_client", "client_assertion is missing");
     };
-    if let Err(e) = state.check_assertion(
-        &state.pull_validator,
-        assertion,
-        &peer.map(|Extension(p)| p.0).unwrap_or_default(),
-    ) {
+    let peer = peer.map(|Extension(p)| p).unwrap_or_default();
+    if let Err(e) = state.check_assertion(&state.pull_validator, assertion, &peer.0) {
         return error("invalid_client", &e);
     }
     let Some(base) = form_value(&form, "authorization_base") else {
@@ -330,38 +326,36 @@ pub(super) async fn pull_token(
         return error("invalid_grant", "the authorization base was revoked");
     }
     let access_token = opaque_token("pt");
-    lock(&state.sender.grants).insert(
-        access_token.clone(),
-        (offer, unix_now() + PULL_TOKEN_LIFETIME_S),
-    );
+    let issued = super::Issued::new(&state, &peer);
+    lock(&state.sender.grants).insert(access_token.clone(), (offer, issued));
     Json(TokenResponse {
         access_token,
         token_type: "Bearer".to_owned(),
-        expires_in: PULL_TOKEN_LIFETIME_S as u64,
+        expires_in: state.config.token_lifetime.as_secs(),
     })
     .into_response()
 }
 
-fn authorize(state: &NodeState, headers: &HeaderMap) -> Result<Arc<Offer>, Box<Response>> {
+fn authorize(
+    state: &NodeState,
+    headers: &HeaderMap,
+    peer: Option<Extension<PeerCertificates>>,
+) -> Result<Arc<Offer>, Box<Response>> {
+    let peer = peer.map(|Extension(p)| p).unwrap_or_default();
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let grant = token.and_then(|t| lock(&state.sender.grants).get(t).cloned());
-    let Some((offer, expires)) = grant.filter(|(_, e)| *e >= unix_now()) else {
-        let mut response = outcome(
-            StatusCode::UNAUTHORIZED,
-            "login",
+    let Some((offer, issued)) = grant else {
+        return Err(Box::new(super::receiver::unauthorized(
             "a valid Bearer pull token is required",
-        );
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer error=\"invalid_token\""),
-        );
-        return Err(Box::new(response));
+        )));
     };
-    let _ = expires;
+    if let Some(reason) = state.token_refusal(&issued, &peer) {
+        return Err(Box::new(super::receiver::unauthorized(reason)));
+    }
     if offer.revoked.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(Box::new(outcome(
             StatusCode::FORBIDDEN,
@@ -379,11 +373,12 @@ fn accept(headers: &HeaderMap) -> Option<&str> {
 /// `GET /sender/fhir/{type}`: a search over the offered patient's record.
 pub(super) async fn search(
     State(state): State<Arc<NodeState>>,
+    peer: Option<Extension<PeerCertificates>>,
     Path(rtype): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let offer = match authorize(&state, &headers) {
+    let offer = match authorize(&state, &headers, peer) {
         Ok(offer) => offer,
         Err(response) => return *response,
     };
@@ -512,11 +507,12 @@ fn strip_reference_displays(value: &mut Value) {
 /// `GET /sender/fhir/{type}/{id}`: a read, `$lastn`, the workflow Task or the letter.
 pub(super) async fn read(
     State(state): State<Arc<NodeState>>,
+    peer: Option<Extension<PeerCertificates>>,
     Path((rtype, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let offer = match authorize(&state, &headers) {
+    let offer = match authorize(&state, &headers, peer) {
         Ok(offer) => offer,
         Err(response) => return *response,
     };

@@ -235,6 +235,7 @@ pub async fn prepare(
                 queries: target.protocol.query_options(),
                 sbvz_url: Some(sbvz.base_url()),
                 tls: node_tls,
+                token_lifetime: target.protocol.access_token_lifetime,
             })
             .await
             .map_err(|source| SetupError::Bind {

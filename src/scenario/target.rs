@@ -35,6 +35,42 @@ pub struct ProtocolProfile {
     pub last_known: LastKnownForm,
     #[serde(default = "yes")]
     pub provenance: bool,
+    /// How long the target's access tokens live (protocol.md §13.9; default 300 s). The
+    /// expired-token probes wait this long, up to their step's limit.
+    #[serde(default = "default_token_lifetime", with = "duration_text")]
+    pub access_token_lifetime: Duration,
+}
+
+fn default_token_lifetime() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// How long the embedded reference node's access tokens live: short, so that the
+/// expired-token probes of a default run take seconds; the harness renews tokens that run
+/// out during a pull, as a client must.
+pub const EMBEDDED_TOKEN_LIFETIME: Duration = Duration::from_secs(4);
+
+/// A duration written as `500ms`, `2s` or `1m` in YAML.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{}ms", value.as_millis()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let duration =
+            super::parse_duration(&text).map_err(<D::Error as serde::de::Error>::custom)?;
+        if duration < Duration::from_secs(1) {
+            return Err(<D::Error as serde::de::Error>::custom(
+                "an access-token lifetime under 1s leaves no time to use the token",
+            ));
+        }
+        Ok(duration)
+    }
 }
 
 fn yes() -> bool {
@@ -47,6 +83,7 @@ impl Default for ProtocolProfile {
             catalogue: CatalogueId::Msz2,
             last_known: LastKnownForm::SortCount,
             provenance: true,
+            access_token_lifetime: default_token_lifetime(),
         }
     }
 }
@@ -104,6 +141,50 @@ struct TlsDoc {
     server_cert: Option<Spanned<String>>,
     #[serde(default)]
     server_key: Option<Spanned<String>>,
+    /// Client certificates the certificate probes present; a probe whose certificate is not
+    /// named does not run.
+    #[serde(default)]
+    probe_certificates: ProbeCertificatesDoc,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ProbeCertificatesDoc {
+    #[serde(default)]
+    foreign_ca: Option<CertAndKeyDoc>,
+    #[serde(default)]
+    expired: Option<CertAndKeyDoc>,
+    #[serde(default)]
+    revoked: Option<CertAndKeyDoc>,
+    #[serde(default)]
+    other_organisation: Option<CertAndKeyDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct CertAndKeyDoc {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+/// A client certificate chain and its key, by source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertAndKey {
+    pub cert: PemSource,
+    pub key: PemSource,
+}
+
+/// The client certificates the certificate probes present to the target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeCertificates {
+    /// Issued by a CA the target must not trust.
+    pub foreign_ca: Option<CertAndKey>,
+    /// Issued by the target's CA, expired.
+    pub expired: Option<CertAndKey>,
+    /// Issued by the target's CA, listed in its CRL.
+    pub revoked: Option<CertAndKey>,
+    /// Valid, but of another organisation than the harness's client certificate.
+    pub other_organisation: Option<CertAndKey>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +289,8 @@ pub struct Target {
     pub exchange_timeout: Duration,
     /// The harness's TLS material for a remote target; an embedded run makes its own.
     pub tls: Option<TlsFiles>,
+    /// Certificates for the certificate probes (remote targets; an embedded run makes its own).
+    pub probe_certificates: ProbeCertificates,
     /// How to make a sending target act without a control API.
     pub triggers: Triggers,
     /// The file it came from, or `(embedded)`.
@@ -253,10 +336,14 @@ impl Target {
             simulator_public_base: None,
             receiver_public_base: None,
             sbvz_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            protocol: ProtocolProfile::default(),
+            protocol: ProtocolProfile {
+                access_token_lifetime: EMBEDDED_TOKEN_LIFETIME,
+                ..ProtocolProfile::default()
+            },
             known_patients: vec!["known".to_owned(), "other".to_owned()],
             exchange_timeout: Duration::from_secs(10),
             tls: None,
+            probe_certificates: ProbeCertificates::default(),
             triggers: Triggers::default(),
             file: "(embedded)".to_owned(),
         }
@@ -386,9 +473,12 @@ impl Target {
             }
         };
 
-        let tls = match &doc.tls {
-            None => None,
-            Some(tls) => Some(tls_files(&file, &text, path, tls)?),
+        let (tls, probe_certificates) = match &doc.tls {
+            None => (None, ProbeCertificates::default()),
+            Some(tls) => (
+                Some(tls_files(&file, &text, path, tls)?),
+                probe_certificates(&file, &text, path, &tls.probe_certificates)?,
+            ),
         };
 
         Ok(Self {
@@ -407,37 +497,40 @@ impl Target {
             exchange_timeout,
             triggers: doc.triggers,
             tls,
+            probe_certificates,
             file,
         })
     }
 }
 
+/// Resolves `tls.probe-certificates`.
+fn probe_certificates(
+    file: &str,
+    text: &str,
+    path: &Path,
+    doc: &ProbeCertificatesDoc,
+) -> Result<ProbeCertificates, InputError> {
+    let pair = |doc: &Option<CertAndKeyDoc>| -> Result<Option<CertAndKey>, InputError> {
+        doc.as_ref()
+            .map(|d| {
+                Ok(CertAndKey {
+                    cert: pem_source(file, text, path, &d.cert)?,
+                    key: pem_source(file, text, path, &d.key)?,
+                })
+            })
+            .transpose()
+    };
+    Ok(ProbeCertificates {
+        foreign_ca: pair(&doc.foreign_ca)?,
+        expired: pair(&doc.expired)?,
+        revoked: pair(&doc.revoked)?,
+        other_organisation: pair(&doc.other_organisation)?,
+    })
+}
+
 /// Resolves the `tls` section's values, refusing inline PEM text.
 fn tls_files(file: &str, text: &str, path: &Path, doc: &TlsDoc) -> Result<TlsFiles, InputError> {
-    let base = path.parent().unwrap_or_else(|| Path::new("."));
-    let source = |value: &Spanned<String>| {
-        if value.value.contains("-----BEGIN") || value.value.contains('\n') {
-            // No excerpt: the offending line may hold key material.
-            return Err(InputError::At {
-                file: file.to_owned(),
-                line: value.referenced.line(),
-                column: value.referenced.column(),
-                message: "PEM text is not allowed here; name a file or env:NAME".to_owned(),
-                excerpt: String::new(),
-            });
-        }
-        if value.value.trim().is_empty() || value.value == "env:" {
-            return Err(InputError::at(
-                file,
-                text,
-                value,
-                "expected a file path or env:NAME, found nothing",
-            ));
-        }
-        // Files are not required to exist yet: `node serve` and `certs` write the test PKI
-        // later; a run reports a missing file with its path.
-        Ok(PemSource::parse(&value.value, base))
-    };
+    let source = |value: &Spanned<String>| pem_source(file, text, path, value);
     let client_cert = source(&doc.client_cert)?;
     let client_key = source(&doc.client_key)?;
     Ok(TlsFiles {
@@ -454,6 +547,37 @@ fn tls_files(file: &str, text: &str, path: &Path, doc: &TlsDoc) -> Result<TlsFil
         client_cert,
         client_key,
     })
+}
+
+/// One file path (relative to the target file) or `env:NAME`, refusing inline PEM text.
+fn pem_source(
+    file: &str,
+    text: &str,
+    path: &Path,
+    value: &Spanned<String>,
+) -> Result<PemSource, InputError> {
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    if value.value.contains("-----BEGIN") || value.value.contains('\n') {
+        // No excerpt: the offending line may hold key material.
+        return Err(InputError::At {
+            file: file.to_owned(),
+            line: value.referenced.line(),
+            column: value.referenced.column(),
+            message: "PEM text is not allowed here; name a file or env:NAME".to_owned(),
+            excerpt: String::new(),
+        });
+    }
+    if value.value.trim().is_empty() || value.value == "env:" {
+        return Err(InputError::at(
+            file,
+            text,
+            value,
+            "expected a file path or env:NAME, found nothing",
+        ));
+    }
+    // Files are not required to exist yet: `node serve` and `certs` write the test PKI
+    // later; a run reports a missing file with its path.
+    Ok(PemSource::parse(&value.value, base))
 }
 
 #[cfg(test)]

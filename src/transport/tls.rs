@@ -193,6 +193,29 @@ impl ChainVerifier {
 #[derive(Debug, Clone, Default)]
 pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
 
+impl PeerCertificates {
+    /// The organisation's URA from the leaf's subject `serialNumber` (UZI server
+    /// certificates carry it there), when there is one.
+    pub fn ura(&self) -> Option<String> {
+        self.0.first().and_then(|leaf| subject_serial_number(leaf))
+    }
+}
+
+/// The subject `serialNumber` attribute (OID 2.5.4.5) of a certificate, as text.
+pub fn subject_serial_number(certificate: &CertificateDer<'_>) -> Option<String> {
+    const OID: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x05];
+    let parsed = webpki::EndEntityCert::try_from(certificate).ok()?;
+    let subject = parsed.subject();
+    let at = subject.windows(OID.len()).position(|w| w == OID)? + OID.len();
+    // PrintableString or UTF8String, short-form length.
+    let (&tag, rest) = subject[at..].split_first()?;
+    let (&length, rest) = rest.split_first()?;
+    if !matches!(tag, 0x13 | 0x0c) || length >= 0x80 || rest.len() < usize::from(length) {
+        return None;
+    }
+    String::from_utf8(rest[..usize::from(length)].to_vec()).ok()
+}
+
 /// Everything one side needs: serving, connecting, and checking assertion certificates.
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
@@ -201,6 +224,36 @@ pub struct TlsSettings {
     pub chains: ChainVerifier,
     /// The client identity, whose key also signs client assertions.
     pub client_identity: Arc<TlsIdentity>,
+    server_identity: Arc<TlsIdentity>,
+    trust: Trust,
+    verification: ServerVerification,
+}
+
+/// Client-certificate problems a server lets through. Only the reference node's weakness
+/// switches set any of these, so that a probe can show the harness catches such a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leniency {
+    /// Accept certificates that chain to no configured CA.
+    pub foreign_ca: bool,
+    /// Accept certificates a CRL lists as revoked.
+    pub revoked: bool,
+    /// Accept certificates outside their validity period.
+    pub expired: bool,
+}
+
+impl Leniency {
+    fn excuses(self, error: &rustls::Error) -> bool {
+        use rustls::CertificateError as E;
+        match error {
+            rustls::Error::InvalidCertificate(reason) => match reason {
+                E::UnknownIssuer => self.foreign_ca,
+                E::Revoked => self.revoked,
+                E::Expired | E::ExpiredContext { .. } => self.expired,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -256,6 +309,7 @@ pub fn load_identity(cert: &PemSource, key: &PemSource) -> Result<TlsIdentity, T
 }
 
 /// The trust anchors and CRLs of `files`.
+#[derive(Clone)]
 struct Trust {
     roots: Arc<RootCertStore>,
     crls: Vec<CertificateRevocationListDer<'static>>,
@@ -285,12 +339,90 @@ fn load_trust(files: &TlsFiles) -> Result<Trust, TlsError> {
     })
 }
 
+impl fmt::Debug for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trust")
+            .field("roots", &self.roots.len())
+            .field("crls", &self.crls.len())
+            .finish()
+    }
+}
+
 fn client_verifier(trust: &Trust) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider())
         .with_crls(trust.crls.clone())
         .enforce_revocation_expiration()
         .build()
         .map_err(|e| TlsError::Config(format!("client certificate verifier: {e}")))
+}
+
+/// The client verifier of `trust`, letting through what `leniency` excuses.
+fn lenient_verifier(
+    trust: &Trust,
+    leniency: Leniency,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let strict = client_verifier(trust)?;
+    if leniency == Leniency::default() {
+        return Ok(strict);
+    }
+    Ok(Arc::new(LenientVerifier { strict, leniency }))
+}
+
+/// A client verifier that excuses some certificate problems (weakness switches only).
+#[derive(Debug)]
+struct LenientVerifier {
+    strict: Arc<dyn ClientCertVerifier>,
+    leniency: Leniency,
+}
+
+impl ClientCertVerifier for LenientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.strict.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.strict.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.strict.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        match self.strict.verify_client_cert(end_entity, intermediates, now) {
+            Err(error) if self.leniency.excuses(&error) => {
+                Ok(rustls::server::danger::ClientCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.strict.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.strict.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.strict.supported_verify_schemes()
+    }
 }
 
 impl TlsSettings {
@@ -301,10 +433,29 @@ impl TlsSettings {
         let server_identity = load_identity(&files.server_cert, &files.server_key)?;
         let client_identity = load_identity(&files.client_cert, &files.client_key)?;
         Ok(Self {
-            server: server_tls(&server_identity, &trust)?,
+            server: server_tls(&server_identity, &trust, Leniency::default())?,
             client: client_tls(&client_identity, &trust, verification)?,
             chains: ChainVerifier(client_verifier(&trust)?),
             client_identity: Arc::new(client_identity),
+            server_identity: Arc::new(server_identity),
+            trust,
+            verification,
+        })
+    }
+
+    /// Client settings presenting `identity` instead of this side's own client
+    /// certificate, with the same trust (the certificate probes).
+    pub fn client_presenting(&self, identity: &TlsIdentity) -> Result<ClientTls, TlsError> {
+        client_tls(identity, &self.trust, self.verification)
+    }
+
+    /// The same settings with a server and an assertion-chain verifier that let through
+    /// what `leniency` excuses (the reference node's weakness switches).
+    pub fn lenient(&self, leniency: Leniency) -> Result<Self, TlsError> {
+        Ok(Self {
+            server: server_tls(&self.server_identity, &self.trust, leniency)?,
+            chains: ChainVerifier(lenient_verifier(&self.trust, leniency)?),
+            ..self.clone()
         })
     }
 }
@@ -314,11 +465,15 @@ fn versions() -> &'static [&'static rustls::SupportedProtocolVersion] {
     rustls::ALL_VERSIONS
 }
 
-fn server_tls(identity: &TlsIdentity, trust: &Trust) -> Result<ServerTls, TlsError> {
+fn server_tls(
+    identity: &TlsIdentity,
+    trust: &Trust,
+    leniency: Leniency,
+) -> Result<ServerTls, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions())
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(client_verifier(trust)?)
+        .with_client_cert_verifier(lenient_verifier(trust, leniency)?)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| TlsError::Config(format!("server certificate: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
