@@ -672,6 +672,7 @@ async fn serve_command(
         sbvz_url: sbvz.clone(),
         tls,
         token_lifetime: target.protocol.access_token_lifetime,
+        log_to_stderr: true,
     })
     .await
     {

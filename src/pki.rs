@@ -272,6 +272,22 @@ impl PkiFiles {
         )
     }
 
+    /// The certificates the certificate probes present.
+    pub fn probe_certificates(&self) -> crate::scenario::target::ProbeCertificates {
+        let pair = |cert, key| {
+            Some(crate::scenario::target::CertAndKey {
+                cert: self.source(cert),
+                key: self.source(key),
+            })
+        };
+        crate::scenario::target::ProbeCertificates {
+            foreign_ca: pair(PkiFile::ForeignClient, PkiFile::ForeignClientKey),
+            expired: pair(PkiFile::ExpiredClient, PkiFile::ExpiredClientKey),
+            revoked: pair(PkiFile::RevokedClient, PkiFile::RevokedClientKey),
+            other_organisation: pair(PkiFile::OtherClient, PkiFile::OtherClientKey),
+        }
+    }
+
     /// TLS material of the reference node.
     pub fn node_tls(&self) -> TlsFiles {
         self.tls_files(

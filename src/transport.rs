@@ -21,9 +21,8 @@ use crate::journal::{Body, Exchange, ExchangeKind, Journal, Party, Request, Resp
 mod tls;
 
 pub use tls::{
-    Leniency,
-    ChainVerifier, ClientTls, PeerCertificates, PemSource, ServerTls, ServerVerification, TlsError,
-    TlsFiles, TlsIdentity, TlsSettings, load_identity,
+    ChainVerifier, ClientTls, Leniency, PeerCertificates, PemSource, ServerTls, ServerVerification,
+    TlsError, TlsFiles, TlsIdentity, TlsSettings, load_identity,
 };
 
 /// Largest body the harness reads from a peer; a larger one is an error, never truncated.

@@ -357,6 +357,7 @@ async fn both_token_endpoints_verify_assertion_signatures() {
         queries: Default::default(),
         sbvz_url: None,
         token_lifetime: std::time::Duration::from_secs(300),
+        log_to_stderr: false,
     })
     .await
     .unwrap();

@@ -7,6 +7,7 @@
 //! grade the node live in `runner` and read only the wire and the inspection API.
 
 pub mod faults;
+mod log;
 mod puller;
 mod receiver;
 pub mod sender;
@@ -62,6 +63,8 @@ pub struct NodeConfig {
     pub tls: TlsSettings,
     /// How long the access tokens it issues live (protocol.md §13.9).
     pub token_lifetime: std::time::Duration,
+    /// Echo the node's log to stderr (`node serve`).
+    pub log_to_stderr: bool,
 }
 
 /// An access token the node issued: until when, and to which organisation (the URA of the
@@ -135,6 +138,7 @@ pub(crate) struct NodeState {
         >,
     >,
     tokens: Mutex<HashMap<String, Issued>>,
+    log: log::NodeLog,
     validator: AssertionValidator,
     /// Checks client assertions sent to the sending role's token endpoint.
     pull_validator: AssertionValidator,
@@ -148,6 +152,15 @@ pub(crate) struct NodeState {
 impl NodeState {
     fn has(&self, fault: Fault) -> bool {
         self.config.faults.contains(&fault)
+    }
+
+    /// How a patient appears in the log: not at all, unless `log-patient-data` is on.
+    fn patient_for_log(&self, bsn: &str) -> String {
+        if self.has(Fault::LogPatientData) {
+            format!("patient BSN {bsn}")
+        } else {
+            "patient (withheld)".to_owned()
+        }
     }
 
     fn token_lifetime_s(&self) -> i64 {
@@ -233,7 +246,10 @@ impl ReferenceNode {
             revoked: config.faults.contains(&Fault::IgnoreRevocation),
             expired: config.faults.contains(&Fault::AcceptExpiredCertificate),
         };
-        config.tls = config.tls.lenient(leniency).map_err(std::io::Error::other)?;
+        config.tls = config
+            .tls
+            .lenient(leniency)
+            .map_err(std::io::Error::other)?;
         let tls = config.tls.clone();
         let http = http_client(&ClientSettings {
             tls: Some(tls.client.clone()),
@@ -243,6 +259,7 @@ impl ReferenceNode {
         let identity = &tls.client_identity;
         let signer = CertificateSigner::new(&identity.key, &identity.chain, None)
             .map_err(std::io::Error::other)?;
+        let log_to_stderr = config.log_to_stderr;
         let state = Arc::new(NodeState {
             validator: AssertionValidator::new(&format!("{base}/token"), 5, tls.chains.clone()),
             pull_validator: AssertionValidator::new(
@@ -258,6 +275,7 @@ impl ReferenceNode {
             inbox: Mutex::new(Vec::new()),
             notifications: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
+            log: log::NodeLog::new(log_to_stderr),
             http,
             sbvz_http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))

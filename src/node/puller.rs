@@ -87,6 +87,21 @@ pub(super) async fn pull(
         // Cancelled while pulling: the referral stays cancelled.
         return;
     }
+    state.log.write(&match &outcome {
+        Ok(pulled) => format!(
+            "pulled notification {}: {} searches, {} resources, {}",
+            notification.identifier.value,
+            pulled.searches_run,
+            pulled.resources,
+            state.patient_for_log(&notification.bsn)
+        ),
+        Err(problem) => format!(
+            "the pull of notification {} failed: {}",
+            notification.identifier.value,
+            // A failed search's URL names the BSN.
+            problem.replace(&notification.bsn, &state.patient_for_log(&notification.bsn))
+        ),
+    });
     *entry = match outcome {
         Ok(pulled) => InboxEntry {
             notification: notification.identifier.value.clone(),

@@ -27,6 +27,7 @@ pub(super) fn router(state: Arc<NodeState>) -> Router {
         .route("/token", post(token))
         .route("/fhir/Task", post(notification).put(cancellation))
         .route("/inspect/inbox", get(inbox))
+        .route("/inspect/log", get(log_text))
         .route("/control/senders", post(register_sender))
         .route("/control/send", post(sender::control_send))
         .route("/control/cancel", post(sender::control_cancel))
@@ -68,10 +69,17 @@ async fn token(
     };
     let presented = peer.map(|Extension(p)| p).unwrap_or_default();
     if let Err(e) = state.check_assertion(&state.validator, assertion, &presented.0) {
+        state
+            .log
+            .write(&format!("refused a notification token request: {e}"));
         return error("invalid_client", &e);
     }
     let access_token = opaque_token("nt");
     let issued = Issued::new(&state, &presented);
+    state.log.write(&format!(
+        "issued a notification token to URA {}",
+        issued.client.as_deref().unwrap_or("(none)")
+    ));
     lock(&state.tokens).insert(access_token.clone(), issued);
     Json(TokenResponse {
         access_token,
@@ -102,7 +110,10 @@ fn check_bearer(
     };
     match refusal {
         None => Ok(()),
-        Some(reason) => Err(Box::new(unauthorized(reason))),
+        Some(reason) => {
+            state.log.write(&format!("refused a request: {reason}"));
+            Err(Box::new(unauthorized(reason)))
+        }
     }
 }
 
@@ -211,6 +222,12 @@ async fn notification(
         received.identifier.value.clone(),
         (received.clone(), department.clone()),
     );
+    state.log.write(&format!(
+        "accepted notification {} for department {} about {}",
+        received.identifier.value,
+        department.as_deref().unwrap_or("(organisation)"),
+        state.patient_for_log(&received.bsn)
+    ));
     tokio::spawn(puller::pull(state.clone(), received, department));
 
     let mut stored = task;
@@ -278,6 +295,9 @@ async fn cancellation(
         );
     }
 
+    state
+        .log
+        .write(&format!("received a cancellation of notification {value}"));
     let matched = {
         let mut inbox = lock(&state.inbox);
         match inbox.iter_mut().find(|e| e.notification == value) {
@@ -332,6 +352,14 @@ async fn inbox(State(state): State<Arc<NodeState>>, RawQuery(query): RawQuery) -
         .cloned()
         .collect();
     Json(json!({ "entries": entries })).into_response()
+}
+
+async fn log_text(State(state): State<Arc<NodeState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        state.log.text(),
+    )
+        .into_response()
 }
 
 async fn register_sender(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {

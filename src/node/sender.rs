@@ -327,6 +327,11 @@ pub(super) async fn pull_token(
     }
     let access_token = opaque_token("pt");
     let issued = super::Issued::new(&state, &peer);
+    state.log.write(&format!(
+        "issued a pull token to URA {} for {}",
+        issued.client.as_deref().unwrap_or("(none)"),
+        state.patient_for_log(&offer.bsn)
+    ));
     lock(&state.sender.grants).insert(access_token.clone(), (offer, issued));
     Json(TokenResponse {
         access_token,
@@ -354,6 +359,9 @@ fn authorize(
         )));
     };
     if let Some(reason) = state.token_refusal(&issued, &peer) {
+        state
+            .log
+            .write(&format!("refused a pull request: {reason}"));
         return Err(Box::new(super::receiver::unauthorized(reason)));
     }
     if offer.revoked.load(std::sync::atomic::Ordering::SeqCst) {

@@ -56,6 +56,8 @@ struct CaseState {
     /// Held while this case owns the SBV-Z double's answer for its patient's BSN.
     sbvz_turn: Option<tokio::sync::OwnedMutexGuard<()>>,
     pull_token: Option<String>,
+    /// When that token was due for renewal (it runs out a second later).
+    pull_token_renew_at: Option<Instant>,
     inbox: Option<(InboxEntry, String)>,
 }
 
@@ -64,6 +66,8 @@ struct CaseRun<'a> {
     planned: &'a PlannedCase,
     fixture: Arc<PatientFixture>,
     state: CaseState,
+    /// The pull token while a pull runs, renewed before it expires.
+    pull_session: tokio::sync::Mutex<Option<sends::PullSession>>,
 }
 
 /// Runs every step of the case and returns its (not yet redacted) outcome.
@@ -84,6 +88,7 @@ pub(super) async fn execute(ctx: &RunContext, planned: &PlannedCase) -> CaseOutc
         planned,
         fixture,
         state: CaseState::default(),
+        pull_session: tokio::sync::Mutex::new(None),
     };
     let mut steps = Vec::new();
     let mut halted: Option<String> = None;
@@ -229,7 +234,7 @@ impl CaseRun<'_> {
             Action::Pull => self.pull(step).await,
             Action::AwaitCancellation { within } => self.await_cancellation(step, *within).await,
             Action::PullAfterCancel => self.pull_after_cancel(step).await,
-            Action::Probe(attack) => self.probe(step, *attack).await,
+            Action::Probe { attack, within } => self.probe(step, *attack, *within).await,
             Action::Wait(duration) => {
                 tokio::time::sleep(*duration).await;
                 step_outcome(step, Verdict::Pass, Vec::new(), None, Vec::new())
@@ -814,6 +819,18 @@ impl CaseRun<'_> {
         let check = match fact {
             // Only a person can confirm a check at the real SBV-Z.
             ConfirmFact::SbvzChecked => return self.confirm_by_person(step, fact, prompt).await,
+            ConfirmFact::LogFreeOfPatientData => match self.inspect_log().await {
+                Ok(check) => check,
+                Err(problem) => {
+                    return step_outcome(
+                        step,
+                        Verdict::Error,
+                        Vec::new(),
+                        Some(problem),
+                        Vec::new(),
+                    );
+                }
+            },
             ConfirmFact::ReferralCancelled => {
                 let deadline = Instant::now() + Duration::from_secs(3);
                 let inbox = match self
@@ -865,6 +882,40 @@ impl CaseRun<'_> {
         };
         let shown = check.exchanges.clone();
         step_outcome(step, Verdict::Pass, vec![check], None, shown)
+    }
+
+    /// Reads the target's log through the inspection API and looks for the patient's BSN,
+    /// family names and birth date in it.
+    async fn inspect_log(&self) -> Result<crate::runner::outcome::CheckOutcome, String> {
+        let inspect = self
+            .ctx
+            .endpoints
+            .inspect_url
+            .as_ref()
+            .ok_or("the target has no inspection API")?;
+        let request = Outgoing::get(format!("{inspect}/log"), ExchangeKind::Inspection)
+            .for_case(self.case_id());
+        let exchange = self
+            .ctx
+            .inspector
+            .send(request)
+            .await
+            .map_err(|e| format!("the inspection API failed: {e}"))?;
+        let response = exchange.response.clone().unwrap_or_default();
+        if response.status != 200 {
+            return Err(format!(
+                "the inspection API answered {} without a log ({})",
+                response.status, exchange.id
+            ));
+        }
+        let log = String::from_utf8_lossy(&response.body.bytes);
+        let patient = self.fixture.store.get(&self.fixture.scope.patient_ref);
+        Ok(checks::log_free_of_patient_data(
+            &log,
+            &self.fixture.scope.bsn,
+            patient.map(|p| p.as_ref()),
+            &exchange.id,
+        ))
     }
 
     /// A confirm step on a target without an inspection API: answered from the answers

@@ -896,3 +896,61 @@ fn registration_follows_sbvz(evidence: &Evidence<'_>) -> CheckOutcome {
         )
     }
 }
+
+/// `log-free-of-patient-data`: the target's log names none of the patient's BSN, family
+/// names or birth date. The message gives what was found and on which line, never the value.
+pub(crate) fn log_free_of_patient_data(
+    log: &str,
+    bsn: &str,
+    patient: Option<&serde_json::Value>,
+    inspection: &str,
+) -> CheckOutcome {
+    let mut wanted: Vec<(&str, String)> = vec![("the BSN", bsn.to_owned())];
+    if let Some(patient) = patient {
+        for name in patient["name"].as_array().into_iter().flatten() {
+            if let Some(family) = name["family"].as_str().filter(|f| f.chars().count() >= 4) {
+                wanted.push(("the family name", family.to_owned()));
+            }
+        }
+        if let Some(birth_date) = patient["birthDate"].as_str() {
+            wanted.push(("the birth date", birth_date.to_owned()));
+        }
+    }
+    let mut found = Vec::new();
+    for (what, value) in &wanted {
+        let lines: Vec<String> = log
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| line.contains(value.as_str()))
+            .map(|(n, _)| (n + 1).to_string())
+            .take(5)
+            .collect();
+        if !lines.is_empty() {
+            found.push(format!(
+                "{what} of the patient on line {}",
+                lines.join(", ")
+            ));
+        }
+    }
+    let lines = log.lines().count();
+    CheckOutcome {
+        check: "log-free-of-patient-data".to_owned(),
+        verdict: if found.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
+        expected: "no BSN, family name or birth date of the patient in the target's log".to_owned(),
+        actual: if found.is_empty() {
+            format!("none in {lines} line(s)")
+        } else {
+            found.join("; ")
+        },
+        message: if found.is_empty() {
+            format!("the target's log ({lines} lines) names no patient data")
+        } else {
+            format!("the target's log holds {}", found.join("; "))
+        },
+        exchanges: vec![inspection.to_owned()],
+    }
+}

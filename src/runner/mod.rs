@@ -119,8 +119,60 @@ pub(crate) struct RunContext {
     pub confirmations: confirm::Confirmations,
     /// Signs the harness's client assertions with its client certificate's key.
     pub signer: CertificateSigner,
+    /// The client certificates the certificate probes present.
+    pub probe_identities: ProbeIdentities,
+    /// Settings of the harness's clients (timeouts), for the probes' own clients.
+    pub client_settings: ClientSettings,
     /// Keeps the embedded node alive for the run.
     _node: Option<ReferenceNode>,
+}
+
+/// A client identity a certificate probe presents: TLS settings with its certificate, and a
+/// signer with its key for the client assertion.
+pub(crate) struct ProbeIdentity {
+    pub tls: crate::transport::ClientTls,
+    pub signer: CertificateSigner,
+}
+
+/// The probes' client identities; a missing one means its probe does not run.
+#[derive(Default)]
+pub(crate) struct ProbeIdentities {
+    pub foreign_ca: Option<ProbeIdentity>,
+    pub expired: Option<ProbeIdentity>,
+    pub revoked: Option<ProbeIdentity>,
+    pub other_organisation: Option<ProbeIdentity>,
+}
+
+impl ProbeIdentities {
+    fn load(
+        certificates: &crate::scenario::target::ProbeCertificates,
+        harness: &TlsSettings,
+    ) -> Result<Self, SetupError> {
+        let one = |pair: &Option<crate::scenario::target::CertAndKey>| {
+            pair.as_ref()
+                .map(|pair| {
+                    let identity = crate::transport::load_identity(&pair.cert, &pair.key)?;
+                    let signer = CertificateSigner::new(&identity.key, &identity.chain, None)
+                        .map_err(|e| {
+                            crate::transport::TlsError::Config(format!("{}: {e}", pair.cert))
+                        })?;
+                    Ok(ProbeIdentity {
+                        tls: harness.client_presenting(&identity)?,
+                        signer,
+                    })
+                })
+                .transpose()
+                .map_err(|e: crate::transport::TlsError| {
+                    SetupError::Tls(format!("a probe certificate: {e}"))
+                })
+        };
+        Ok(Self {
+            foreign_ca: one(&certificates.foreign_ca)?,
+            expired: one(&certificates.expired)?,
+            revoked: one(&certificates.revoked)?,
+            other_organisation: one(&certificates.other_organisation)?,
+        })
+    }
 }
 
 /// Prepares the target and simulators for `plan`.
@@ -138,7 +190,7 @@ pub async fn prepare(
         .chain(target.known_patients.iter().map(String::as_str))
         .collect();
     let fixtures = Fixtures::load(root, patient_keys).map_err(SetupError::Fixture)?;
-    let (harness_tls, node_tls) = tls_settings(target, options)?;
+    let (harness_tls, node_tls, probe_identities) = tls_settings(target, options)?;
     let identity = &harness_tls.client_identity;
     let signer = CertificateSigner::new(&identity.key, &identity.chain, None)
         .map_err(|e| SetupError::Tls(e.to_string()))?;
@@ -236,6 +288,7 @@ pub async fn prepare(
                 sbvz_url: Some(sbvz.base_url()),
                 tls: node_tls,
                 token_lifetime: target.protocol.access_token_lifetime,
+                log_to_stderr: false,
             })
             .await
             .map_err(|source| SetupError::Bind {
@@ -333,6 +386,8 @@ pub async fn prepare(
                 options.interactive,
             ),
             signer,
+            probe_identities,
+            client_settings: settings.clone(),
             _node: node,
         },
         redactor: if options.unredacted {
@@ -349,7 +404,7 @@ pub async fn prepare(
 fn tls_settings(
     target: &Target,
     options: &RunOptions,
-) -> Result<(TlsSettings, Option<TlsSettings>), SetupError> {
+) -> Result<(TlsSettings, Option<TlsSettings>, ProbeIdentities), SetupError> {
     match target.kind {
         TargetKind::Embedded => {
             let dir = tempfile::Builder::new()
@@ -366,7 +421,8 @@ fn tls_settings(
             let pki = crate::pki::generate(&spec, dir.path())?;
             let harness = TlsSettings::load(&pki.harness_tls(), options.server_verification)?;
             let node = TlsSettings::load(&pki.node_tls(), ServerVerification::Verify)?;
-            Ok((harness, Some(node)))
+            let probes = ProbeIdentities::load(&pki.probe_certificates(), &harness)?;
+            Ok((harness, Some(node), probes))
         }
         TargetKind::Remote => {
             let files = target.tls.as_ref().ok_or_else(|| {
@@ -375,7 +431,9 @@ fn tls_settings(
                     target.file
                 ))
             })?;
-            Ok((TlsSettings::load(files, options.server_verification)?, None))
+            let harness = TlsSettings::load(files, options.server_verification)?;
+            let probes = ProbeIdentities::load(&target.probe_certificates, &harness)?;
+            Ok((harness, None, probes))
         }
     }
 }

@@ -281,7 +281,7 @@ pub fn load_scenario(path: &Path) -> Result<Scenario, InputError> {
         let validated = validate_step(&file, &text, index, step)?;
         let kind = validated.action.kind();
         let direction = match &validated.action {
-            Action::Probe(attack) => Some(attack.direction()),
+            Action::Probe { attack, .. } => Some(attack.direction()),
             _ => kind.direction(),
         };
         if direction.is_some_and(|d| d != doc.direction) {
@@ -377,7 +377,10 @@ fn validate_step(
         actions.push(Action::PullAfterCancel);
     }
     if let Some(args) = &doc.probe {
-        actions.push(Action::Probe(args.attack));
+        actions.push(Action::Probe {
+            attack: args.attack,
+            within: spanned_duration(file, text, &args.within, Duration::from_secs(360))?,
+        });
     }
     if let Some(wait) = &doc.wait {
         let duration =

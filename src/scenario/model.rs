@@ -174,6 +174,22 @@ pub enum ProbeAttack {
     PullTokenWrongAudience,
     /// Ask for a pull token twice with the same assertion.
     PullTokenReplayedAssertion,
+    /// Notify with a token the target issued, once it has expired.
+    NotifyWithExpiredToken,
+    /// Notify with a token the target issued to the harness, over a connection authenticated
+    /// as another organisation.
+    NotifyWithTokenOfAnotherClient,
+    /// Ask the target's token endpoint over TLS with a client certificate from a foreign CA.
+    ClientCertForeignCa,
+    /// The same with an expired client certificate.
+    ClientCertExpired,
+    /// The same with a revoked client certificate.
+    ClientCertRevoked,
+    /// Search with a pull token the target issued, once it has expired.
+    SearchWithExpiredToken,
+    /// Search with the harness's pull token over a connection authenticated as another
+    /// organisation.
+    SearchWithTokenOfAnotherClient,
 }
 
 impl ProbeAttack {
@@ -186,7 +202,12 @@ impl ProbeAttack {
             | ProbeAttack::TokenReplayedAssertion
             | ProbeAttack::TokenExpiredAssertion
             | ProbeAttack::NotifyInvalidBsn
-            | ProbeAttack::NotifyUnknownDepartment => Direction::TargetReceives,
+            | ProbeAttack::NotifyUnknownDepartment
+            | ProbeAttack::NotifyWithExpiredToken
+            | ProbeAttack::NotifyWithTokenOfAnotherClient
+            | ProbeAttack::ClientCertForeignCa
+            | ProbeAttack::ClientCertExpired
+            | ProbeAttack::ClientCertRevoked => Direction::TargetReceives,
             _ => Direction::TargetSends,
         }
     }
@@ -197,6 +218,10 @@ impl ProbeAttack {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ProbeArgs {
     pub attack: ProbeAttack,
+    /// Longest the probe may wait for a token to expire, e.g. `6m` (the expired-token
+    /// probes; default 6 minutes).
+    #[serde(default)]
+    pub within: Option<Spanned<String>>,
 }
 
 /// Arguments of `pull` and `pull-after-cancel` (none yet).
@@ -254,6 +279,8 @@ pub enum ConfirmFact {
     /// The target verified the unknown patient's BSN at SBV-Z before registering (asked in
     /// production phases, where SBV-Z is real).
     SbvzChecked,
+    /// The target's log holds no BSN, name or birth date of the patient (checklist TT-9).
+    LogFreeOfPatientData,
 }
 
 impl ConfirmFact {
@@ -263,6 +290,7 @@ impl ConfirmFact {
             ConfirmFact::ReferralFiled => "referral-filed",
             ConfirmFact::ReferralCancelled => "referral-cancelled",
             ConfirmFact::SbvzChecked => "sbvz-checked",
+            ConfirmFact::LogFreeOfPatientData => "log-free-of-patient-data",
         }
     }
 }
@@ -448,7 +476,11 @@ pub enum Action {
         within: Duration,
     },
     PullAfterCancel,
-    Probe(ProbeAttack),
+    Probe {
+        attack: ProbeAttack,
+        /// Longest wait for a token to expire.
+        within: Duration,
+    },
     Wait(Duration),
 }
 
@@ -475,7 +507,7 @@ impl Action {
             Action::Pull => StepKind::Pull,
             Action::AwaitCancellation { .. } => StepKind::AwaitCancellation,
             Action::PullAfterCancel => StepKind::PullAfterCancel,
-            Action::Probe(_) => StepKind::Probe,
+            Action::Probe { .. } => StepKind::Probe,
             Action::Wait(_) => StepKind::Wait,
         }
     }

@@ -394,7 +394,10 @@ impl ClientCertVerifier for LenientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        match self.strict.verify_client_cert(end_entity, intermediates, now) {
+        match self
+            .strict
+            .verify_client_cert(end_entity, intermediates, now)
+        {
             Err(error) if self.leniency.excuses(&error) => {
                 Ok(rustls::server::danger::ClientCertVerified::assertion())
             }

@@ -2,19 +2,24 @@
 //! conformance). Each sends one or two hostile requests and judges the answer's status and
 //! body; the report shows the request and the answer.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use super::{CaseRun, step_outcome};
 use crate::fhir::BSN_SYSTEM;
 use crate::fhir::catalogue::notified_queries;
 use crate::fhir::search::SearchUrl;
-use crate::journal::{Exchange, ExchangeKind};
+use crate::journal::{Exchange, ExchangeKind, Party};
 use crate::protocol::IDENTIFIER_SYSTEM;
 use crate::protocol::notification::{Ident, NotificationSpec, build_notification, new_identifier};
-use crate::protocol::token::{AssertionClaims, opaque_token, token_request_form, unix_now};
+use crate::protocol::token::{
+    AssertionClaims, encode_jwt, opaque_token, token_request_form, unix_now,
+};
+use crate::runner::ProbeIdentity;
 use crate::runner::outcome::{CheckOutcome, StepOutcome, Verdict};
 use crate::scenario::model::{CheckId, ProbeAttack, Step};
-use crate::transport::Outgoing;
+use crate::transport::{ClientSettings, Outgoing, RecordingClient};
 
 /// A test BSN that fails the 11-proef (protocol.md §9).
 const INVALID_BSN: &str = "999000010";
@@ -26,6 +31,8 @@ struct Refusal {
     statuses: &'static [u16],
     /// `fhir`: the body is an OperationOutcome; `oauth`: RFC 6749 error JSON.
     body: BodyRule,
+    /// A `401` must carry `WWW-Authenticate: Bearer` (RFC 6750 §3).
+    challenge: bool,
     expected: &'static str,
 }
 
@@ -38,28 +45,127 @@ enum BodyRule {
 const UNAUTHORIZED: Refusal = Refusal {
     statuses: &[401],
     body: BodyRule::Fhir,
-    expected: "401 with an OperationOutcome",
+    challenge: true,
+    expected: "401 with WWW-Authenticate: Bearer and an OperationOutcome",
 };
 const TOKEN_REFUSED: Refusal = Refusal {
     statuses: &[400, 401],
     body: BodyRule::Oauth,
+    challenge: false,
     expected: "400 (or 401) with RFC 6749 error JSON",
 };
 const BAD_REQUEST: Refusal = Refusal {
     statuses: &[400],
     body: BodyRule::Fhir,
+    challenge: false,
     expected: "400 with an OperationOutcome",
 };
 const FORBIDDEN: Refusal = Refusal {
     statuses: &[403],
     body: BodyRule::Fhir,
+    challenge: false,
     expected: "403 with an OperationOutcome",
 };
 const NOT_SERVED: Refusal = Refusal {
     statuses: &[401, 403, 404],
     body: BodyRule::Fhir,
+    challenge: false,
     expected: "401, 403 or 404 with an OperationOutcome, and no data",
 };
+const NOT_YOUR_TOKEN: Refusal = Refusal {
+    statuses: &[401, 403],
+    body: BodyRule::Fhir,
+    challenge: true,
+    expected: "401 (with WWW-Authenticate: Bearer) or 403, with an OperationOutcome",
+};
+
+/// Why a probe could not judge the target: not run (it lacks what it needs) or an error.
+pub(super) struct Unprobed {
+    verdict: Verdict,
+    problem: String,
+}
+
+impl From<String> for Unprobed {
+    fn from(problem: String) -> Self {
+        Self {
+            verdict: Verdict::Error,
+            problem,
+        }
+    }
+}
+
+impl From<&str> for Unprobed {
+    fn from(problem: &str) -> Self {
+        problem.to_owned().into()
+    }
+}
+
+/// Judges a request made with a client certificate the target must refuse: refused in the
+/// TLS handshake (an alert) or with a 4xx, never answered 2xx.
+fn judge_certificate(exchange: &Exchange, what: &str) -> CheckOutcome {
+    let expected = "the TLS handshake refused with an alert, or a 400/401/403 answer";
+    let make = |verdict, actual: String, message: String| CheckOutcome {
+        check: CheckId::ProbeRefused.name().to_owned(),
+        verdict,
+        expected: expected.to_owned(),
+        actual,
+        message,
+        exchanges: vec![exchange.id.clone()],
+    };
+    match (&exchange.response, &exchange.error) {
+        (None, Some(error)) if error.contains("refused the TLS handshake with alert") => {
+            let alert = error
+                .rsplit("alert ")
+                .next()
+                .unwrap_or("(unnamed)")
+                .to_owned();
+            make(
+                Verdict::Pass,
+                format!("TLS alert {alert}"),
+                format!("the target refused {what} in the TLS handshake ({alert})"),
+            )
+        }
+        (None, error) => make(
+            Verdict::Error,
+            "no answer".to_owned(),
+            format!(
+                "the probe got neither an answer nor a TLS alert, so the harness cannot tell a refusal from a failure: {}",
+                error.clone().unwrap_or_default()
+            ),
+        ),
+        (Some(response), _) if (200..300).contains(&response.status) => {
+            let issued = response
+                .body
+                .json()
+                .is_some_and(|b| b["access_token"].is_string());
+            make(
+                Verdict::Fail,
+                format!("{}", response.status),
+                format!(
+                    "the target accepted {what} and answered {}{}",
+                    response.status,
+                    if issued { " with an access token" } else { "" }
+                ),
+            )
+        }
+        (Some(response), _) if [400, 401, 403].contains(&response.status) => make(
+            Verdict::Pass,
+            format!("{}", response.status),
+            format!(
+                "the target let the TLS handshake through but refused {what} with {}",
+                response.status
+            ),
+        ),
+        (Some(response), _) => make(
+            Verdict::Fail,
+            format!("{}", response.status),
+            format!(
+                "the target answered {what} with {} instead of refusing it",
+                response.status
+            ),
+        ),
+    }
+}
 
 fn judge(exchange: &Exchange, refusal: &Refusal) -> CheckOutcome {
     let shown = vec![exchange.id.clone()];
@@ -107,6 +213,16 @@ fn judge(exchange: &Exchange, refusal: &Refusal) -> CheckOutcome {
         };
         return make(Verdict::Fail, actual, message);
     }
+    let challenged = response
+        .header("www-authenticate")
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("bearer"));
+    if refusal.challenge && response.status == 401 && !challenged {
+        return make(
+            Verdict::Fail,
+            actual,
+            "the target answered 401 without `WWW-Authenticate: Bearer` (RFC 6750 §3)".to_owned(),
+        );
+    }
     let body_ok = match refusal.body {
         BodyRule::Fhir => body["resourceType"] == "OperationOutcome",
         BodyRule::Oauth => body["error"].is_string(),
@@ -134,10 +250,19 @@ fn judge(exchange: &Exchange, refusal: &Refusal) -> CheckOutcome {
 }
 
 impl CaseRun<'_> {
-    pub(super) async fn probe(&mut self, step: &Step, attack: ProbeAttack) -> StepOutcome {
+    pub(super) async fn probe(
+        &mut self,
+        step: &Step,
+        attack: ProbeAttack,
+        within: Duration,
+    ) -> StepOutcome {
         let result = match attack.direction() {
-            crate::scenario::model::Direction::TargetReceives => self.probe_receiver(attack).await,
-            crate::scenario::model::Direction::TargetSends => self.probe_sender(attack).await,
+            crate::scenario::model::Direction::TargetReceives => {
+                self.probe_receiver(attack, within).await
+            }
+            crate::scenario::model::Direction::TargetSends => {
+                self.probe_sender(attack, within).await
+            }
         };
         match result {
             Ok(check) => {
@@ -145,8 +270,8 @@ impl CaseRun<'_> {
                 let checks = step.checks.iter().map(|_| check.clone()).collect();
                 step_outcome(step, Verdict::Pass, checks, None, shown)
             }
-            Err(problem) => {
-                step_outcome(step, Verdict::Error, Vec::new(), Some(problem), Vec::new())
+            Err(Unprobed { verdict, problem }) => {
+                step_outcome(step, verdict, Vec::new(), Some(problem), Vec::new())
             }
         }
     }
@@ -235,7 +360,11 @@ impl CaseRun<'_> {
         )
     }
 
-    async fn probe_receiver(&self, attack: ProbeAttack) -> Result<CheckOutcome, String> {
+    async fn probe_receiver(
+        &self,
+        attack: ProbeAttack,
+        within: Duration,
+    ) -> Result<CheckOutcome, Unprobed> {
         let bsn = self.fixture.scope.bsn.clone();
         let owner = self.planned.target_department.identifier.clone();
         let token_url = self.ctx.endpoints.token_url.clone();
@@ -269,7 +398,8 @@ impl CaseRun<'_> {
                     return Err(format!(
                         "the first, valid token request was refused ({}), so replay cannot be probed",
                         first.id
-                    ));
+                    )
+                    .into());
                 }
                 Ok(judge(
                     &self.token_with(&token_url, &claims, None, false).await?,
@@ -301,11 +431,80 @@ impl CaseRun<'_> {
                     refusal,
                 ))
             }
-            other => Err(format!("the probe {other:?} is aimed at a sending target")),
+            ProbeAttack::NotifyWithExpiredToken => {
+                let claims = self.client_claims(&token_url);
+                let exchange = self.token_with(&token_url, &claims, None, false).await?;
+                let (token, lifetime) = self.issued_token(&exchange)?;
+                self.wait_for_expiry(lifetime, within).await?;
+                Ok(judge(
+                    &self
+                        .post_notification(&self.probe_notification(&bsn, owner), Some(&token))
+                        .await?,
+                    &UNAUTHORIZED,
+                ))
+            }
+            ProbeAttack::NotifyWithTokenOfAnotherClient => {
+                let other = self.probe_identity(attack)?;
+                let (token, _) = self
+                    .notification_token()
+                    .await
+                    .map_err(|(_, problem, _)| problem)?;
+                let url = format!("{}/Task", self.ctx.endpoints.notification_base);
+                let task = self.probe_notification(&bsn, owner);
+                let request = self.fhir_request(
+                    reqwest::Method::POST,
+                    url,
+                    &task,
+                    ExchangeKind::Notification,
+                    Some(&token),
+                );
+                let exchange = self
+                    .send_presenting(other, Party::HarnessSender, request)
+                    .await?;
+                Ok(judge(&exchange, &NOT_YOUR_TOKEN))
+            }
+            ProbeAttack::ClientCertForeignCa
+            | ProbeAttack::ClientCertExpired
+            | ProbeAttack::ClientCertRevoked => {
+                let identity = self.probe_identity(attack)?;
+                let what = match attack {
+                    ProbeAttack::ClientCertForeignCa => {
+                        "a token request with a client certificate from a foreign CA"
+                    }
+                    ProbeAttack::ClientCertExpired => {
+                        "a token request with an expired client certificate"
+                    }
+                    _ => "a token request with a revoked client certificate",
+                };
+                let claims = self.client_claims(&token_url);
+                let authorization =
+                    AssertionClaims::new(&self.planned.counterpart.ura, &token_url, unix_now(), 60);
+                let sign = |claims: &AssertionClaims| {
+                    encode_jwt(claims, &identity.signer)
+                        .map_err(|e| format!("failed to sign an assertion: {e}"))
+                };
+                let form = token_request_form(&sign(&claims)?, &sign(&authorization)?, None);
+                let request = Outgoing::with_body(
+                    reqwest::Method::POST,
+                    token_url.clone(),
+                    "application/x-www-form-urlencoded",
+                    form,
+                    ExchangeKind::TokenRequest,
+                );
+                let exchange = self
+                    .send_presenting(identity, Party::HarnessSender, request)
+                    .await?;
+                Ok(judge_certificate(&exchange, what))
+            }
+            other => Err(format!("the probe {other:?} is aimed at a sending target").into()),
         }
     }
 
-    async fn probe_sender(&self, attack: ProbeAttack) -> Result<CheckOutcome, String> {
+    async fn probe_sender(
+        &self,
+        attack: ProbeAttack,
+        within: Duration,
+    ) -> Result<CheckOutcome, Unprobed> {
         let base = self
             .ctx
             .endpoints
@@ -320,7 +519,7 @@ impl CaseRun<'_> {
             .ok_or("the target file names no sender-token")?;
         let notification = match self.state.received.as_ref().map(|r| r.parsed.clone()) {
             Some(Ok(notification)) => notification,
-            _ => return Err("no valid notification was received before the probe".to_owned()),
+            _ => return Err("no valid notification was received before the probe".into()),
         };
         let first_query = notification
             .queries
@@ -340,7 +539,20 @@ impl CaseRun<'_> {
             }
             request
         };
-        let pull_token = self.state.pull_token.clone();
+        // A fresh pull token for the probes that use one: the pull step's may have expired,
+        // and a refusal must be for the probed reason, not for expiry.
+        let fresh_pull_token = async {
+            let claims = self.client_claims(&token_url);
+            let exchange = self
+                .token_with(
+                    &token_url,
+                    &claims,
+                    notification.authorization_base.as_deref(),
+                    true,
+                )
+                .await?;
+            self.issued_token(&exchange).map(|(token, _)| token)
+        };
         match attack {
             ProbeAttack::SearchWithoutToken => Ok(judge(
                 &self
@@ -355,7 +567,7 @@ impl CaseRun<'_> {
                 &UNAUTHORIZED,
             )),
             ProbeAttack::SearchOtherPatient => {
-                let token = pull_token.ok_or("no pull token from an earlier pull step")?;
+                let token = fresh_pull_token.await?;
                 let other = self
                     .ctx
                     .fixtures
@@ -380,7 +592,7 @@ impl CaseRun<'_> {
                 ))
             }
             ProbeAttack::SearchOutsideNotifiedSet => {
-                let token = pull_token.ok_or("no pull token from an earlier pull step")?;
+                let token = fresh_pull_token.await?;
                 let query = format!(
                     "Observation?patient.identifier={BSN_SYSTEM}|{}",
                     notification.bsn
@@ -393,7 +605,7 @@ impl CaseRun<'_> {
                 ))
             }
             ProbeAttack::ReadUnreferencedBinary => {
-                let token = pull_token.ok_or("no pull token from an earlier pull step")?;
+                let token = fresh_pull_token.await?;
                 let url = format!("{}/{UNREFERENCED_BINARY}", base.trim_end_matches('/'));
                 let request = Outgoing::get(url, ExchangeKind::Binary)
                     .header("accept", "application/fhir+json")
@@ -426,7 +638,8 @@ impl CaseRun<'_> {
                     return Err(format!(
                         "the first, valid pull-token request was refused ({}), so replay cannot be probed",
                         first.id
-                    ));
+                    )
+                    .into());
                 }
                 let exchange = self
                     .token_with(
@@ -438,10 +651,117 @@ impl CaseRun<'_> {
                     .await?;
                 Ok(judge(&exchange, &TOKEN_REFUSED))
             }
-            other => Err(format!(
-                "the probe {other:?} is aimed at a receiving target"
-            )),
+            ProbeAttack::SearchWithExpiredToken => {
+                let claims = self.client_claims(&token_url);
+                let exchange = self
+                    .token_with(
+                        &token_url,
+                        &claims,
+                        notification.authorization_base.as_deref(),
+                        true,
+                    )
+                    .await?;
+                let (token, lifetime) = self.issued_token(&exchange)?;
+                self.wait_for_expiry(lifetime, within).await?;
+                Ok(judge(
+                    &self
+                        .as_receiver_probe(get(search_url(&first_query), Some(token)))
+                        .await?,
+                    &UNAUTHORIZED,
+                ))
+            }
+            ProbeAttack::SearchWithTokenOfAnotherClient => {
+                let other = self.probe_identity(attack)?;
+                let token = fresh_pull_token.await?;
+                let exchange = self
+                    .send_presenting(
+                        other,
+                        Party::HarnessReceiver,
+                        get(search_url(&first_query), Some(token)),
+                    )
+                    .await?;
+                Ok(judge(&exchange, &NOT_YOUR_TOKEN))
+            }
+            other => Err(format!("the probe {other:?} is aimed at a receiving target").into()),
         }
+    }
+
+    /// The client identity `attack` presents; not run when the target file names none.
+    fn probe_identity(&self, attack: ProbeAttack) -> Result<&ProbeIdentity, Unprobed> {
+        let identities = &self.ctx.probe_identities;
+        let (identity, name) = match attack {
+            ProbeAttack::ClientCertForeignCa => (&identities.foreign_ca, "foreign-ca"),
+            ProbeAttack::ClientCertExpired => (&identities.expired, "expired"),
+            ProbeAttack::ClientCertRevoked => (&identities.revoked, "revoked"),
+            _ => (&identities.other_organisation, "other-organisation"),
+        };
+        identity.as_ref().ok_or_else(|| Unprobed {
+            verdict: Verdict::NotRun,
+            problem: format!(
+                "not run: the target file names no tls.probe-certificates.{name} (cert and key)"
+            ),
+        })
+    }
+
+    /// Sends `outgoing` over a new connection presenting `identity`'s certificate.
+    async fn send_presenting(
+        &self,
+        identity: &ProbeIdentity,
+        from: Party,
+        outgoing: Outgoing,
+    ) -> Result<Exchange, String> {
+        let settings = ClientSettings {
+            tls: Some(identity.tls.clone()),
+            ..self.ctx.client_settings.clone()
+        };
+        let client = RecordingClient::new(&settings, self.ctx.journal.clone(), from, Party::Target)
+            .map_err(|e| format!("failed to make the probe's client: {e}"))?;
+        match client.send(outgoing.for_case(Some(&self.planned.id))).await {
+            Ok(exchange) => Ok(exchange),
+            // A refused handshake is an answer here: the exchange is in the journal.
+            Err(crate::transport::TransportError::Failed { exchange, .. }) => self
+                .ctx
+                .journal
+                .for_case(&self.planned.id)
+                .into_iter()
+                .find(|e| e.id == exchange)
+                .ok_or_else(|| format!("exchange {exchange} is missing from the journal")),
+        }
+    }
+
+    /// The access token and its lifetime from a token response the target gave.
+    fn issued_token(&self, exchange: &Exchange) -> Result<(String, Duration), Unprobed> {
+        let response = exchange.response.clone().unwrap_or_default();
+        let body = response.body.json().unwrap_or(Value::Null);
+        match body["access_token"].as_str() {
+            Some(token) if response.status == 200 => {
+                let lifetime = body["expires_in"]
+                    .as_u64()
+                    .map(Duration::from_secs)
+                    .unwrap_or(self.ctx.target.protocol.access_token_lifetime);
+                Ok((token.to_owned(), lifetime))
+            }
+            _ => Err(format!(
+                "the target refused a valid token request ({}, {}), so the probe cannot run",
+                exchange.id, response.status
+            )
+            .into()),
+        }
+    }
+
+    /// Waits until a token issued now with `lifetime` has expired, plus a second.
+    async fn wait_for_expiry(&self, lifetime: Duration, within: Duration) -> Result<(), Unprobed> {
+        let wait = lifetime + Duration::from_secs(1);
+        if wait > within {
+            return Err(format!(
+                "the target's tokens live {} s, longer than this probe may wait ({} s); raise the step's `within`",
+                lifetime.as_secs(),
+                within.as_secs()
+            )
+            .into());
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
     }
 
     async fn as_receiver_probe(&self, outgoing: Outgoing) -> Result<Exchange, String> {
