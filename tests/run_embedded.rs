@@ -104,7 +104,7 @@ fn skipping_server_verification_warns_and_marks_every_report() {
 
 /// Each fault, the scenario that exposes it, the check it must trip, and a phrase its
 /// message must contain.
-const FAULTS: [(&str, &str, &str, &str); 30] = [
+const FAULTS: [(&str, &str, &str, &str); 38] = [
     (
         "no-location",
         "known-patient",
@@ -347,17 +347,24 @@ fn every_fault_switch_is_caught_by_its_named_check() {
     covered.dedup();
     assert_eq!(listed, covered, "every listed fault needs a row in FAULTS");
 
-    for (fault, scenario, check, phrase) in FAULTS {
-        let dir = tempfile::tempdir().unwrap();
-        run_into(dir.path(), &["--node-fault", fault, "--scenario", scenario]).code(1);
-        let failures = failures(&junit(dir.path()));
-        let caught = failures
-            .iter()
-            .any(|f| f.contains(&format!("check {check} [FAIL]")) && f.contains(phrase));
-        assert!(
-            caught,
-            "fault {fault}: expected {check} to fail with `{phrase}`, got {failures:#?}"
-        );
+    // Four runs at a time: most of a run is waiting (the expired-token probes wait seconds).
+    for chunk in FAULTS.chunks(4) {
+        std::thread::scope(|scope| {
+            for (fault, scenario, check, phrase) in chunk {
+                scope.spawn(move || {
+                    let dir = tempfile::tempdir().unwrap();
+                    run_into(dir.path(), &["--node-fault", fault, "--scenario", scenario]).code(1);
+                    let failures = failures(&junit(dir.path()));
+                    let caught = failures.iter().any(|f| {
+                        f.contains(&format!("check {check} [FAIL]")) && f.contains(phrase)
+                    });
+                    assert!(
+                        caught,
+                        "fault {fault}: expected {check} to fail with `{phrase}`, got {failures:#?}"
+                    );
+                });
+            }
+        });
     }
 }
 
