@@ -588,6 +588,18 @@ fn certs_command(out: &Path, target: Option<&Path>) -> u8 {
 /// The node's TLS settings from the PKI in `dir`, generating one there when it is missing.
 fn node_tls(dir: &Path, target: &Target) -> Result<TlsSettings, String> {
     let files = PkiFiles::at(dir);
+    let missing: Vec<&str> = crate::pki::PkiFile::ALL
+        .iter()
+        .filter(|f| !files.path(**f).is_file())
+        .map(|f| f.name())
+        .collect();
+    if !missing.is_empty() && missing.len() < crate::pki::PkiFile::ALL.len() {
+        return Err(format!(
+            "the PKI folder {} is incomplete (no {}); it may come from an older version: remove it and a new one is made",
+            dir.display(),
+            missing.join(", ")
+        ));
+    }
     if !files.is_complete() {
         let spec = PkiSpec {
             node: organisation_of(target),

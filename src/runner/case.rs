@@ -400,6 +400,15 @@ impl CaseRun<'_> {
                 .unwrap_or_else(|| "ReferralRequest/unknown".to_owned());
             build_workflow_task(id, &fixture.scope.patient_ref, &focus, &period_end)
         });
+        let mut queries =
+            notified_queries(&fixture.scope.bsn, self.ctx.target.protocol.query_options());
+        let mut reads = Vec::new();
+        if settings.letter == LetterOffer::Read {
+            queries.retain(|q| q.section != "ReferralLetter");
+            if let Some(letter) = &fixture.letter {
+                reads.push(letter.document_reference.clone());
+            }
+        }
         let share = self.ctx.sender.publish(Share {
             case_id: self.planned.id.clone(),
             authorization_base: authorization_base.clone(),
@@ -410,27 +419,16 @@ impl CaseRun<'_> {
             page_size: settings.page_size,
             revoked: AtomicBool::new(false),
             hold_token: settings.hold_token,
-            notified: notified_queries(
-                &fixture.scope.bsn,
-                self.ctx.target.protocol.query_options(),
-            )
-            .iter()
-            .filter_map(|q| crate::fhir::search::SearchUrl::parse_relative(&q.query).ok())
-            .collect(),
+            // Exactly the searches the Task offers: a letter offered by read is not one.
+            notified: queries
+                .iter()
+                .filter_map(|q| crate::fhir::search::SearchUrl::parse_relative(&q.query).ok())
+                .collect(),
             released: tokio::sync::watch::Sender::new(false),
             token_waiting: AtomicBool::new(false),
         });
         self.state.share = Some(share);
 
-        let mut queries =
-            notified_queries(&fixture.scope.bsn, self.ctx.target.protocol.query_options());
-        let mut reads = Vec::new();
-        if settings.letter == LetterOffer::Read {
-            queries.retain(|q| q.section != "ReferralLetter");
-            if let Some(letter) = &fixture.letter {
-                reads.push(letter.document_reference.clone());
-            }
-        }
         if settings.sbvz.is_some() {
             let turn = {
                 let mut turns = lock(&self.ctx.sbvz_turns);
