@@ -6,6 +6,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+mod common;
+
 struct Server(Child);
 
 impl Drop for Server {
@@ -43,6 +45,8 @@ fn serve(dir: &Path) -> (Server, String, u16) {
         .arg("--sbvz")
         .arg(format!("https://127.0.0.1:{sbvz_port}"))
         .stdout(Stdio::piped())
+        // The node's log, which the tests read back.
+        .stderr(std::fs::File::create(dir.join("node.log")).unwrap())
         .spawn()
         .expect("node serve starts");
     let stdout = child.stdout.take().unwrap();
@@ -114,9 +118,27 @@ fn a_separately_served_reference_node_passes_through_its_target_file() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, addr, sbvz_port) = serve(dir.path());
     let target = target_file(dir.path(), &addr, sbvz_port, true);
-    let output = run(&target, &dir.path().join("reports"), &[]);
+    // The probes too: the certificate probes read their certificates through the target file.
+    let output = run(&target, &dir.path().join("reports"), &["--tag", "probe"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let results =
+        std::fs::read_to_string(dir.path().join("reports/technical-test/results.json")).unwrap();
+    for probe in [
+        "probe-client-cert-revoked",
+        "probe-search-with-expired-token",
+    ] {
+        assert!(results.contains(probe), "{probe} ran");
+    }
+    // The node logged the run, and no patient data.
+    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+    assert!(
+        log.contains("accepted notification") && log.contains("issued a pull token"),
+        "{log}"
+    );
+    for secret in common::fixture_secrets() {
+        assert!(!log.contains(&secret), "the node's log holds `{secret}`");
+    }
     let junit =
         std::fs::read_to_string(dir.path().join("reports/technical-test/junit.xml")).unwrap();
     assert!(
@@ -145,6 +167,47 @@ fn without_inspection_and_answers_confirm_steps_are_not_run_never_passed() {
         "the three core cases with a confirm step"
     );
     assert_eq!(json["totals"]["failed"], 0);
+}
+
+#[test]
+fn certificate_probes_without_their_certificates_are_not_run_never_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr, sbvz_port) = serve(dir.path());
+    let target = target_file(dir.path(), &addr, sbvz_port, true);
+    let text = std::fs::read_to_string(&target).unwrap();
+    let without: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("../pki/expired-client") && !l.contains("../pki/other-org"))
+        .collect();
+    std::fs::write(&target, without.join("\n")).unwrap();
+    let output = Command::new(binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "--progress", "never", "--phase", "technical-test"])
+        .args(["--scenario", "probe-client-cert-expired"])
+        .args(["--scenario", "probe-notify-with-token-of-another-client"])
+        .args(["--scenario", "probe-client-cert-revoked"])
+        .arg("--target")
+        .arg(&target)
+        .arg("--reports")
+        .arg(dir.path().join("reports"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "not run is not a pass");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("reports/technical-test/results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["totals"]["not_run"], 2, "{json:#}");
+    assert_eq!(
+        json["totals"]["passed"], 1,
+        "the revoked certificate is still named"
+    );
+    let text = json.to_string();
+    assert!(text.contains("tls.probe-certificates.expired"), "{text}");
+    assert!(
+        text.contains("tls.probe-certificates.other-organisation"),
+        "{text}"
+    );
 }
 
 #[test]

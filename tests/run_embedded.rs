@@ -1,9 +1,12 @@
 //! Runs the binary against the embedded reference node: the clean node passes, every fault
 //! switch is caught by the check that guards its rule, and no report leaks patient data.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use assert_cmd::Command;
+
+mod common;
+use common::fixture_secrets;
 
 fn harness() -> Command {
     let mut command = Command::cargo_bin("bgz-harness").expect("the binary is built by cargo test");
@@ -377,45 +380,6 @@ fn repeated_clean_runs_never_fail_falsely() {
 }
 
 /// BSNs, names and birth dates of every fixture patient.
-fn fixture_secrets() -> Vec<String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/patients");
-    let mut secrets = Vec::new();
-    for entry in std::fs::read_dir(root).unwrap() {
-        let bundle: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(entry.unwrap().path().join("bgz.json")).unwrap(),
-        )
-        .unwrap();
-        for e in bundle["entry"].as_array().unwrap() {
-            let r = &e["resource"];
-            if r["resourceType"] != "Patient" {
-                continue;
-            }
-            for id in r["identifier"].as_array().into_iter().flatten() {
-                if id["system"] == "http://fhir.nl/fhir/NamingSystem/bsn" {
-                    secrets.push(id["value"].as_str().unwrap().to_owned());
-                }
-            }
-            for name in r["name"].as_array().into_iter().flatten() {
-                if let Some(family) = name["family"].as_str() {
-                    secrets.push(family.to_owned());
-                }
-                for given in name["given"].as_array().into_iter().flatten() {
-                    secrets.push(given.as_str().unwrap().to_owned());
-                }
-            }
-            let birth = r["birthDate"].as_str().unwrap().to_owned();
-            secrets.push(birth.replace('-', ""));
-            secrets.push(birth);
-        }
-    }
-    secrets.retain(|s| s.len() >= 3);
-    assert!(
-        secrets.len() >= 9,
-        "fixtures hold BSNs, names and birth dates: {}",
-        secrets.len()
-    );
-    secrets
-}
 
 #[test]
 fn no_report_contains_a_fixture_bsn_name_birth_date_or_token() {

@@ -899,3 +899,45 @@ impl Drop for NodeProcess {
 pub fn text(path: &Path) -> &str {
     path.to_str().expect("temporary paths are UTF-8")
 }
+
+/// Every fixture patient's BSN, names and birth date (two spellings): what no report or
+/// log may hold.
+pub fn fixture_secrets() -> Vec<String> {
+    let root = manifest_dir().join("fixtures/patients");
+    let mut secrets = Vec::new();
+    for entry in std::fs::read_dir(root).unwrap() {
+        let bundle: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(entry.unwrap().path().join("bgz.json")).unwrap(),
+        )
+        .unwrap();
+        for e in bundle["entry"].as_array().unwrap() {
+            let r = &e["resource"];
+            if r["resourceType"] != "Patient" {
+                continue;
+            }
+            for id in r["identifier"].as_array().into_iter().flatten() {
+                if id["system"] == "http://fhir.nl/fhir/NamingSystem/bsn" {
+                    secrets.push(id["value"].as_str().unwrap().to_owned());
+                }
+            }
+            for name in r["name"].as_array().into_iter().flatten() {
+                if let Some(family) = name["family"].as_str() {
+                    secrets.push(family.to_owned());
+                }
+                for given in name["given"].as_array().into_iter().flatten() {
+                    secrets.push(given.as_str().unwrap().to_owned());
+                }
+            }
+            let birth = r["birthDate"].as_str().unwrap().to_owned();
+            secrets.push(birth.replace('-', ""));
+            secrets.push(birth);
+        }
+    }
+    secrets.retain(|s| s.len() >= 3);
+    assert!(
+        secrets.len() >= 9,
+        "fixtures hold BSNs, names and birth dates: {}",
+        secrets.len()
+    );
+    secrets
+}
