@@ -643,4 +643,50 @@ mod tests {
             .to_string();
         assert!(error.contains("client-key"), "{error}");
     }
+
+    #[test]
+    fn probe_certificates_resolve_like_the_rest_and_refuse_inline_keys() {
+        let tls = "tls:\n  ca: ca.pem\n  client-cert: c.pem\n  client-key: k.pem\n  \
+                   probe-certificates:\n    expired: { cert: e.pem, key: env:EXPIRED_KEY }\n";
+        let (target, dir) = load(tls);
+        let probes = target.unwrap().probe_certificates;
+        assert_eq!(
+            probes.expired,
+            Some(CertAndKey {
+                cert: PemSource::File(dir.path().join("targets").join("e.pem")),
+                key: PemSource::Env("EXPIRED_KEY".into()),
+            })
+        );
+        assert!(probes.foreign_ca.is_none() && probes.other_organisation.is_none());
+
+        let inline = tls.replace("env:EXPIRED_KEY", "\"-----BEGIN PRIVATE KEY-----\"");
+        let error = load(&inline).0.unwrap_err().to_string();
+        assert!(error.contains("PEM text is not allowed"), "{error}");
+        let unknown = tls.replace("expired:", "expird:");
+        let error = load(&unknown).0.unwrap_err().to_string();
+        assert!(error.contains("expird"), "{error}");
+    }
+
+    #[test]
+    fn the_access_token_lifetime_is_a_duration_of_at_least_a_second() {
+        let (target, _dir) = load("protocol:\n  access-token-lifetime: 2m\n");
+        assert_eq!(
+            target.unwrap().protocol.access_token_lifetime,
+            Duration::from_secs(120)
+        );
+        let (target, _dir) = load("");
+        assert_eq!(
+            target.unwrap().protocol.access_token_lifetime,
+            Duration::from_secs(300)
+        );
+        for bad in ["soon", "500ms"] {
+            let (target, _dir) = load(&format!("protocol:\n  access-token-lifetime: {bad}\n"));
+            let error = target.unwrap_err().to_string();
+            assert!(error.contains(":10:26:"), "{bad}: {error}");
+        }
+        assert_eq!(
+            Target::embedded().protocol.access_token_lifetime,
+            EMBEDDED_TOKEN_LIFETIME
+        );
+    }
 }

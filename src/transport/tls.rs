@@ -775,4 +775,63 @@ mod tests {
         // No CRLs at all: revocation is not checked (a remote target may configure none).
         assert_eq!(verify(Vec::new()), Ok(()));
     }
+
+    #[test]
+    fn the_ura_is_read_from_the_subject_serial_number_only() {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "client 12345678");
+        params.distinguished_name.push(
+            rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]),
+            rcgen::DnValue::PrintableString("90000123".try_into().unwrap()),
+        );
+        let with = params.self_signed(&key()).unwrap().der().clone();
+        assert_eq!(subject_serial_number(&with).as_deref(), Some("90000123"));
+        let peer = PeerCertificates(Arc::new(vec![with]));
+        assert_eq!(peer.ura().as_deref(), Some("90000123"));
+
+        // A number elsewhere in the subject is not taken for a URA.
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "client 90000123");
+        let without = params.self_signed(&key()).unwrap().der().clone();
+        assert_eq!(subject_serial_number(&without), None);
+        assert_eq!(PeerCertificates::default().ura(), None);
+        assert_eq!(
+            subject_serial_number(&CertificateDer::from(vec![0x30, 0x03])),
+            None
+        );
+    }
+
+    #[test]
+    fn leniency_excuses_only_the_problems_it_names() {
+        use rustls::CertificateError as E;
+        let invalid = |e| rustls::Error::InvalidCertificate(e);
+        let strict = Leniency::default();
+        let all = Leniency {
+            foreign_ca: true,
+            revoked: true,
+            expired: true,
+        };
+        for error in [
+            invalid(E::UnknownIssuer),
+            invalid(E::Revoked),
+            invalid(E::Expired),
+        ] {
+            assert!(!strict.excuses(&error));
+            assert!(all.excuses(&error));
+        }
+        let only_revoked = Leniency {
+            revoked: true,
+            ..strict
+        };
+        assert!(only_revoked.excuses(&invalid(E::Revoked)));
+        assert!(!only_revoked.excuses(&invalid(E::UnknownIssuer)));
+        assert!(!all.excuses(&invalid(E::BadSignature)));
+        assert!(!all.excuses(&rustls::Error::NoCertificatesPresented));
+    }
 }
