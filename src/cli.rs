@@ -608,7 +608,9 @@ fn node_tls(dir: &Path, target: &Target) -> Result<TlsSettings, String> {
         crate::pki::generate(&spec, dir).map_err(|e| e.to_string())?;
         tell!("generated a test PKI in {} (see README.txt)", dir.display());
     }
-    TlsSettings::load(&files.node_tls(), ServerVerification::Verify).map_err(|e| e.to_string())
+    TlsSettings::load(&files.node_tls(), ServerVerification::Verify)
+        .and_then(|tls| tls.with_versions(target.protocol.tls_versions))
+        .map_err(|e| e.to_string())
 }
 
 async fn serve_command(

@@ -21,7 +21,7 @@ use bgz_harness::protocol::token::{
 use bgz_harness::sim::sender::SenderSim;
 use bgz_harness::transport::{
     ClientSettings, ClientTls, Outgoing, PemSource, RecordingClient, RecordingServer,
-    ServerVerification, TlsFiles, TlsSettings, TransportError, load_identity,
+    ServerVerification, TlsFiles, TlsSettings, TlsVersions, TransportError, load_identity,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -444,4 +444,62 @@ fn a_remote_target_needs_a_tls_section_and_https_endpoints() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("PEM text is not allowed here"), "{stderr}");
     assert!(!stderr.contains("MIIEvQ"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_tls_1_3_only_side_refuses_tls_1_2_and_speaks_1_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = certs(dir.path());
+    let journal = Arc::new(Journal::new());
+    let only_13 = load(&pki.harness_tls())
+        .with_versions(TlsVersions::Tls13Only)
+        .unwrap();
+    let server = ping_server(&only_13, &journal).await;
+    let url = format!("{}/ping", server.base_url());
+
+    // A client that speaks only TLS 1.2 is refused in the handshake.
+    let node = load(&pki.node_tls());
+    let roots = {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(pki.path(PkiFile::RootCa)).unwrap())
+            .unwrap();
+        roots
+    };
+    let only_12 = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        node.client_identity.chain.clone(),
+        node.client_identity.key.clone_key(),
+    )
+    .unwrap();
+    let settings = ClientSettings {
+        tls: Some(ClientTls(Arc::new(only_12))),
+        ..ClientSettings::default()
+    };
+    let old = RecordingClient::new(
+        &settings,
+        journal.clone(),
+        Party::Target,
+        Party::HarnessSender,
+    )
+    .unwrap();
+    let error = ping(&old, &url).await.unwrap_err().to_string();
+    assert!(error.contains("TLS failed"), "{error}");
+    assert!(error.contains("ProtocolVersion"), "{error}");
+
+    // Both the default client (1.2 and 1.3) and a 1.3-only client get through.
+    assert_eq!(
+        ping(&client(Some(&node), &journal), &url).await.unwrap(),
+        200
+    );
+    let node_13 = node.with_versions(TlsVersions::Tls13Only).unwrap();
+    assert_eq!(
+        ping(&client(Some(&node_13), &journal), &url).await.unwrap(),
+        200
+    );
 }

@@ -419,8 +419,11 @@ fn tls_settings(
                 ..PkiSpec::default()
             };
             let pki = crate::pki::generate(&spec, dir.path())?;
-            let harness = TlsSettings::load(&pki.harness_tls(), options.server_verification)?;
-            let node = TlsSettings::load(&pki.node_tls(), ServerVerification::Verify)?;
+            let versions = target.protocol.tls_versions;
+            let harness = TlsSettings::load(&pki.harness_tls(), options.server_verification)?
+                .with_versions(versions)?;
+            let node = TlsSettings::load(&pki.node_tls(), ServerVerification::Verify)?
+                .with_versions(versions)?;
             let probes = ProbeIdentities::load(&pki.probe_certificates(), &harness)?;
             Ok((harness, Some(node), probes))
         }
@@ -431,7 +434,8 @@ fn tls_settings(
                     target.file
                 ))
             })?;
-            let harness = TlsSettings::load(files, options.server_verification)?;
+            let harness = TlsSettings::load(files, options.server_verification)?
+                .with_versions(target.protocol.tls_versions)?;
             let probes = ProbeIdentities::load(&target.probe_certificates, &harness)?;
             Ok((harness, None, probes))
         }

@@ -39,6 +39,10 @@ pub struct ProtocolProfile {
     /// expired-token probes wait this long, up to their step's limit.
     #[serde(default = "default_token_lifetime", with = "duration_text")]
     pub access_token_lifetime: Duration,
+    /// TLS versions: `1.2+` (default) or `1.3` only (protocol.md §3), for the harness's
+    /// clients and servers and for `node serve`.
+    #[serde(default)]
+    pub tls_versions: crate::transport::TlsVersions,
 }
 
 fn default_token_lifetime() -> Duration {
@@ -84,6 +88,7 @@ impl Default for ProtocolProfile {
             last_known: LastKnownForm::SortCount,
             provenance: true,
             access_token_lifetime: default_token_lifetime(),
+            tls_versions: crate::transport::TlsVersions::default(),
         }
     }
 }
@@ -688,5 +693,23 @@ mod tests {
             Target::embedded().protocol.access_token_lifetime,
             EMBEDDED_TOKEN_LIFETIME
         );
+    }
+
+    #[test]
+    fn tls_versions_are_1_2_and_up_or_1_3_only() {
+        use crate::transport::TlsVersions;
+        let (target, _dir) = load("");
+        assert_eq!(
+            target.unwrap().protocol.tls_versions,
+            TlsVersions::Tls12AndUp
+        );
+        let (target, _dir) = load("protocol:\n  tls-versions: \"1.3\"\n");
+        assert_eq!(
+            target.unwrap().protocol.tls_versions,
+            TlsVersions::Tls13Only
+        );
+        let (target, _dir) = load("protocol:\n  tls-versions: \"1.1\"\n");
+        let error = target.unwrap_err().to_string();
+        assert!(error.contains(":10:") && error.contains("1.2+"), "{error}");
     }
 }

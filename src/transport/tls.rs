@@ -227,6 +227,32 @@ pub struct TlsSettings {
     server_identity: Arc<TlsIdentity>,
     trust: Trust,
     verification: ServerVerification,
+    leniency: Leniency,
+    versions: TlsVersions,
+}
+
+/// The TLS versions both sides speak (protocol.md §3: 1.2 and 1.3; 1.3 only as an option).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TlsVersions {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2+")]
+    Tls12AndUp,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13Only,
+}
+
+/// TLS 1.3 alone.
+static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+
+impl TlsVersions {
+    fn supported(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        match self {
+            TlsVersions::Tls12AndUp => rustls::ALL_VERSIONS,
+            TlsVersions::Tls13Only => &TLS13_ONLY,
+        }
+    }
 }
 
 /// Client-certificate problems a server lets through. Only the reference node's weakness
@@ -435,46 +461,61 @@ impl TlsSettings {
         let trust = load_trust(files)?;
         let server_identity = load_identity(&files.server_cert, &files.server_key)?;
         let client_identity = load_identity(&files.client_cert, &files.client_key)?;
+        let versions = TlsVersions::default();
         Ok(Self {
-            server: server_tls(&server_identity, &trust, Leniency::default())?,
-            client: client_tls(&client_identity, &trust, verification)?,
+            server: server_tls(&server_identity, &trust, Leniency::default(), versions)?,
+            client: client_tls(&client_identity, &trust, verification, versions)?,
             chains: ChainVerifier(client_verifier(&trust)?),
             client_identity: Arc::new(client_identity),
             server_identity: Arc::new(server_identity),
             trust,
             verification,
+            leniency: Leniency::default(),
+            versions,
         })
     }
 
     /// Client settings presenting `identity` instead of this side's own client
-    /// certificate, with the same trust (the certificate probes).
+    /// certificate, with the same trust and versions (the certificate probes).
     pub fn client_presenting(&self, identity: &TlsIdentity) -> Result<ClientTls, TlsError> {
-        client_tls(identity, &self.trust, self.verification)
+        client_tls(identity, &self.trust, self.verification, self.versions)
     }
 
     /// The same settings with a server and an assertion-chain verifier that let through
     /// what `leniency` excuses (the reference node's weakness switches).
     pub fn lenient(&self, leniency: Leniency) -> Result<Self, TlsError> {
         Ok(Self {
-            server: server_tls(&self.server_identity, &self.trust, leniency)?,
+            server: server_tls(&self.server_identity, &self.trust, leniency, self.versions)?,
             chains: ChainVerifier(lenient_verifier(&self.trust, leniency)?),
+            leniency,
             ..self.clone()
         })
     }
-}
 
-/// TLS 1.3 and 1.2 (protocol.md §3).
-fn versions() -> &'static [&'static rustls::SupportedProtocolVersion] {
-    rustls::ALL_VERSIONS
+    /// The same settings speaking only `versions`, as server and as client.
+    pub fn with_versions(&self, versions: TlsVersions) -> Result<Self, TlsError> {
+        Ok(Self {
+            server: server_tls(&self.server_identity, &self.trust, self.leniency, versions)?,
+            client: client_tls(
+                &self.client_identity,
+                &self.trust,
+                self.verification,
+                versions,
+            )?,
+            versions,
+            ..self.clone()
+        })
+    }
 }
 
 fn server_tls(
     identity: &TlsIdentity,
     trust: &Trust,
     leniency: Leniency,
+    versions: TlsVersions,
 ) -> Result<ServerTls, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions())
+        .with_protocol_versions(versions.supported())
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(lenient_verifier(trust, leniency)?)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
@@ -487,9 +528,10 @@ fn client_tls(
     identity: &TlsIdentity,
     trust: &Trust,
     verification: ServerVerification,
+    versions: TlsVersions,
 ) -> Result<ClientTls, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions())
+        .with_protocol_versions(versions.supported())
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match verification {
         ServerVerification::Verify => {
@@ -517,7 +559,7 @@ fn client_tls(
 /// because no CA is trusted and system roots are never used.
 pub(crate) fn untrusting_client_config() -> ClientConfig {
     ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions())
+        .with_protocol_versions(rustls::ALL_VERSIONS)
         .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NoTrustedCa(provider())))
