@@ -687,6 +687,7 @@ async fn serve_command(
         tls,
         token_lifetime: target.protocol.access_token_lifetime,
         log_to_stderr: true,
+        crl_refresh: Some(target.protocol.crl_refresh),
     })
     .await
     {

@@ -22,7 +22,7 @@ mod tls;
 
 pub use tls::{
     ChainVerifier, ClientTls, Leniency, PeerCertificates, PemSource, ServerTls, ServerVerification,
-    TlsError, TlsFiles, TlsIdentity, TlsSettings, TlsVersions, load_identity,
+    TaskGuard, TlsError, TlsFiles, TlsIdentity, TlsSettings, TlsVersions, load_identity,
 };
 
 /// Largest body the harness reads from a peer; a larger one is an error, never truncated.

@@ -358,6 +358,7 @@ async fn both_token_endpoints_verify_assertion_signatures() {
         sbvz_url: None,
         token_lifetime: std::time::Duration::from_secs(300),
         log_to_stderr: false,
+        crl_refresh: None,
     })
     .await
     .unwrap();
@@ -502,4 +503,38 @@ async fn a_tls_1_3_only_side_refuses_tls_1_2_and_speaks_1_3() {
         ping(&client(Some(&node_13), &journal), &url).await.unwrap(),
         200
     );
+}
+
+#[tokio::test]
+async fn a_running_server_uses_refreshed_crls_for_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = certs(dir.path());
+    let journal = Arc::new(Journal::new());
+    let settings = load(&pki.harness_tls());
+    let server = ping_server(&settings, &journal).await;
+    let url = format!("{}/ping", server.base_url());
+    let node = load(&pki.node_tls());
+    assert_eq!(
+        ping(&client(Some(&node), &journal), &url).await.unwrap(),
+        200
+    );
+
+    // The issuing CA's CRL is replaced by one of another issuer: the node's certificate's
+    // revocation status is unknown now, which fails closed once the CRLs are re-read.
+    std::fs::copy(
+        pki.path(PkiFile::RootCrl),
+        pki.path(PkiFile::IntermediateCrl),
+    )
+    .unwrap();
+    assert_eq!(
+        ping(&client(Some(&node), &journal), &url).await.unwrap(),
+        200,
+        "nothing changes before the refresh"
+    );
+    settings.refresh_crls().unwrap();
+    let error = ping(&client(Some(&node), &journal), &url)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("TLS failed"), "{error}");
 }

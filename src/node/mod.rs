@@ -65,6 +65,8 @@ pub struct NodeConfig {
     pub token_lifetime: std::time::Duration,
     /// Echo the node's log to stderr (`node serve`).
     pub log_to_stderr: bool,
+    /// How often the node re-reads its CRLs (never when `None`).
+    pub crl_refresh: Option<std::time::Duration>,
 }
 
 /// An access token the node issued: until when, and to which organisation (the URA of the
@@ -211,6 +213,7 @@ impl NodeState {
 pub struct ReferenceNode {
     state: Arc<NodeState>,
     server: PlainServer,
+    _crl_refresh: Option<crate::transport::TaskGuard>,
 }
 
 /// Endpoints of a running node, as a target file would name them.
@@ -283,9 +286,21 @@ impl ReferenceNode {
                 .build()
                 .map_err(std::io::Error::other)?,
         });
-        let server =
-            PlainServer::start(addr, receiver::router(state.clone()), Some(tls.server)).await?;
-        Ok(Self { state, server })
+        let server = PlainServer::start(
+            addr,
+            receiver::router(state.clone()),
+            Some(tls.server.clone()),
+        )
+        .await?;
+        let logged = state.clone();
+        let crl_refresh = state.config.crl_refresh.and_then(|every| {
+            tls.refresh_crls_every(every, move |problem| logged.log.write(&problem))
+        });
+        Ok(Self {
+            state,
+            server,
+            _crl_refresh: crl_refresh,
+        })
     }
 
     /// The node's endpoints.

@@ -125,6 +125,8 @@ pub(crate) struct RunContext {
     pub client_settings: ClientSettings,
     /// Keeps the embedded node alive for the run.
     _node: Option<ReferenceNode>,
+    /// Re-reads the CRLs of the harness's servers during a long run.
+    _crl_refresh: Option<crate::transport::TaskGuard>,
 }
 
 /// A client identity a certificate probe presents: TLS settings with its certificate, and a
@@ -191,6 +193,14 @@ pub async fn prepare(
         .collect();
     let fixtures = Fixtures::load(root, patient_keys).map_err(SetupError::Fixture)?;
     let (harness_tls, node_tls, probe_identities) = tls_settings(target, options)?;
+    // An embedded run's PKI is gone once loaded; a remote target's CRLs are re-read.
+    let crl_refresh = (target.kind == TargetKind::Remote)
+        .then(|| {
+            harness_tls.refresh_crls_every(target.protocol.crl_refresh, |problem| {
+                eprintln!("warning: {problem}");
+            })
+        })
+        .flatten();
     let identity = &harness_tls.client_identity;
     let signer = CertificateSigner::new(&identity.key, &identity.chain, None)
         .map_err(|e| SetupError::Tls(e.to_string()))?;
@@ -289,6 +299,8 @@ pub async fn prepare(
                 tls: node_tls,
                 token_lifetime: target.protocol.access_token_lifetime,
                 log_to_stderr: false,
+                // Its PKI lives only as long as loading it: nothing to re-read.
+                crl_refresh: None,
             })
             .await
             .map_err(|source| SetupError::Bind {
@@ -389,6 +401,7 @@ pub async fn prepare(
             probe_identities,
             client_settings: settings.clone(),
             _node: node,
+            _crl_refresh: crl_refresh,
         },
         redactor: if options.unredacted {
             Redactor::disabled()

@@ -43,6 +43,14 @@ pub struct ProtocolProfile {
     /// clients and servers and for `node serve`.
     #[serde(default)]
     pub tls_versions: crate::transport::TlsVersions,
+    /// How often CRLs are re-read by the harness's servers and `node serve` (protocol.md
+    /// §13.19; default 60m).
+    #[serde(default = "default_crl_refresh", with = "duration_text")]
+    pub crl_refresh: Duration,
+}
+
+fn default_crl_refresh() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_token_lifetime() -> Duration {
@@ -70,7 +78,7 @@ mod duration_text {
             super::parse_duration(&text).map_err(<D::Error as serde::de::Error>::custom)?;
         if duration < Duration::from_secs(1) {
             return Err(<D::Error as serde::de::Error>::custom(
-                "an access-token lifetime under 1s leaves no time to use the token",
+                "expected at least 1s",
             ));
         }
         Ok(duration)
@@ -89,6 +97,7 @@ impl Default for ProtocolProfile {
             provenance: true,
             access_token_lifetime: default_token_lifetime(),
             tls_versions: crate::transport::TlsVersions::default(),
+            crl_refresh: default_crl_refresh(),
         }
     }
 }

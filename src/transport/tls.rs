@@ -141,10 +141,48 @@ pub enum ServerVerification {
     InsecureSkip,
 }
 
+/// A value every clone shares and that can be replaced in place: the server settings and
+/// chain verifiers, rebuilt when the CRLs are re-read.
+struct Swappable<T: ?Sized>(Arc<std::sync::RwLock<Arc<T>>>);
+
+impl<T: ?Sized> Clone for Swappable<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T: ?Sized> fmt::Debug for Swappable<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Swappable")
+    }
+}
+
+impl<T: ?Sized> Swappable<T> {
+    fn new(value: Arc<T>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(value)))
+    }
+
+    fn current(&self) -> Arc<T> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn replace(&self, value: Arc<T>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
+    }
+}
+
 /// Server settings: this side's certificate, and a verifier that requires a client
-/// certificate chaining to the configured CA.
+/// certificate chaining to the configured CA. Clones share one configuration, which a CRL
+/// refresh replaces for every connection accepted afterwards.
 #[derive(Debug, Clone)]
-pub struct ServerTls(pub Arc<ServerConfig>);
+pub struct ServerTls(Swappable<ServerConfig>);
+
+impl ServerTls {
+    /// The configuration new connections get.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.0.current()
+    }
+}
 
 /// Client settings: this side's client certificate, and the server verification.
 #[derive(Debug, Clone)]
@@ -154,7 +192,7 @@ pub struct ClientTls(pub Arc<ClientConfig>);
 /// authentication, with the configured CRLs; used for the certificates behind a client
 /// assertion's signature.
 #[derive(Debug, Clone)]
-pub struct ChainVerifier(Arc<dyn ClientCertVerifier>);
+pub struct ChainVerifier(Swappable<dyn ClientCertVerifier>);
 
 impl ChainVerifier {
     /// A verifier trusting `roots` and checking `crls`.
@@ -172,7 +210,7 @@ impl ChainVerifier {
             roots: Arc::new(store),
             crls,
         };
-        Ok(Self(client_verifier(&trust)?))
+        Ok(Self(Swappable::new(client_verifier(&trust)?)))
     }
 
     /// Verifies `chain` at `now` (seconds since the Unix epoch).
@@ -182,6 +220,7 @@ impl ChainVerifier {
         };
         let now = UnixTime::since_unix_epoch(Duration::from_secs(now.max(0).unsigned_abs()));
         self.0
+            .current()
             .verify_client_cert(leaf, intermediates, now)
             .map(|_| ())
             .map_err(|e| describe_tls_error(&e))
@@ -229,6 +268,18 @@ pub struct TlsSettings {
     verification: ServerVerification,
     leniency: Leniency,
     versions: TlsVersions,
+    /// Where the CRLs come from, to re-read them.
+    crl_sources: Vec<PemSource>,
+}
+
+/// Stops a background task when dropped.
+#[derive(Debug)]
+pub struct TaskGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The TLS versions both sides speak (protocol.md §3: 1.2 and 1.3; 1.3 only as an option).
@@ -465,14 +516,58 @@ impl TlsSettings {
         Ok(Self {
             server: server_tls(&server_identity, &trust, Leniency::default(), versions)?,
             client: client_tls(&client_identity, &trust, verification, versions)?,
-            chains: ChainVerifier(client_verifier(&trust)?),
+            chains: ChainVerifier(Swappable::new(client_verifier(&trust)?)),
             client_identity: Arc::new(client_identity),
             server_identity: Arc::new(server_identity),
             trust,
             verification,
             leniency: Leniency::default(),
             versions,
+            crl_sources: files.crl.clone(),
         })
+    }
+
+    /// Re-reads the CRLs and rebuilds the server settings and the chain verifier with them,
+    /// for every clone; connections accepted afterwards and assertions checked afterwards
+    /// use the new lists. Clients keep the lists they were built with. On an error nothing
+    /// changes (an expired CRL already fails closed).
+    pub fn refresh_crls(&self) -> Result<(), TlsError> {
+        let mut crls = Vec::new();
+        for source in &self.crl_sources {
+            crls.extend(load_crls(source)?);
+        }
+        let trust = Trust {
+            roots: self.trust.roots.clone(),
+            crls,
+        };
+        let server = server_tls(&self.server_identity, &trust, self.leniency, self.versions)?;
+        let chains = lenient_verifier(&trust, self.leniency)?;
+        self.server.0.replace(server.current());
+        self.chains.0.replace(chains);
+        Ok(())
+    }
+
+    /// Re-reads the CRLs every `every` until the guard is dropped; `failed` hears of a
+    /// refresh that did not work. Nothing runs without CRLs.
+    pub fn refresh_crls_every(
+        &self,
+        every: Duration,
+        failed: impl Fn(String) + Send + 'static,
+    ) -> Option<TaskGuard> {
+        if self.crl_sources.is_empty() {
+            return None;
+        }
+        let settings = self.clone();
+        Some(TaskGuard(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(error) = settings.refresh_crls() {
+                    failed(format!(
+                        "failed to re-read the CRLs, keeping the previous ones: {error}"
+                    ));
+                }
+            }
+        })))
     }
 
     /// Client settings presenting `identity` instead of this side's own client
@@ -486,7 +581,7 @@ impl TlsSettings {
     pub fn lenient(&self, leniency: Leniency) -> Result<Self, TlsError> {
         Ok(Self {
             server: server_tls(&self.server_identity, &self.trust, leniency, self.versions)?,
-            chains: ChainVerifier(lenient_verifier(&self.trust, leniency)?),
+            chains: ChainVerifier(Swappable::new(lenient_verifier(&self.trust, leniency)?)),
             leniency,
             ..self.clone()
         })
@@ -521,7 +616,7 @@ fn server_tls(
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| TlsError::Config(format!("server certificate: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(ServerTls(Arc::new(config)))
+    Ok(ServerTls(Swappable::new(Arc::new(config))))
 }
 
 fn client_tls(
@@ -705,7 +800,8 @@ pub(crate) fn find_tls_error<'a>(
 /// Serves `router` over HTTPS on `listener` until the task is aborted; aborting it also
 /// ends every open connection. A failed handshake ends that connection only.
 pub(crate) async fn serve_tls(listener: TcpListener, router: Router, tls: ServerTls) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.0);
+    let mut config = tls.current();
+    let mut acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -719,6 +815,12 @@ pub(crate) async fn serve_tls(listener: TcpListener, router: Router, tls: Server
             }
         };
         let _ = stream.set_nodelay(true);
+        // After a CRL refresh, new connections get the new settings.
+        let latest = tls.current();
+        if !Arc::ptr_eq(&latest, &config) {
+            config = latest;
+            acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+        }
         let acceptor = acceptor.clone();
         let router = router.clone();
         connections.spawn(async move {
@@ -875,5 +977,91 @@ mod tests {
         assert!(!only_revoked.excuses(&invalid(E::UnknownIssuer)));
         assert!(!all.excuses(&invalid(E::BadSignature)));
         assert!(!all.excuses(&rustls::Error::NoCertificatesPresented));
+    }
+
+    #[tokio::test]
+    async fn refreshed_crls_take_effect_for_every_clone_and_a_bad_file_changes_nothing() {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(params, key()).unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        params.serial_number = Some(SerialNumber::from(7u64));
+        let leaf_key = key();
+        let leaf = params.signed_by(&leaf_key, &*ca).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let crl = |revoked: Vec<rcgen::RevokedCertParams>| {
+            CertificateRevocationListParams {
+                this_update: now - time::Duration::hours(1),
+                next_update: now + time::Duration::days(1),
+                crl_number: SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: revoked,
+                key_identifier_method: KeyIdMethod::Sha256,
+            }
+            .signed_by(&*ca)
+            .unwrap()
+            .pem()
+            .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).unwrap();
+            PemSource::File(dir.path().join(name))
+        };
+        let files = TlsFiles {
+            ca: vec![write("ca.pem", &ca.pem())],
+            crl: vec![write("crl.pem", &crl(Vec::new()))],
+            server_cert: write("leaf.pem", &leaf.pem()),
+            server_key: write("leaf.key.pem", &leaf_key.serialize_pem()),
+            client_cert: PemSource::File(dir.path().join("leaf.pem")),
+            client_key: PemSource::File(dir.path().join("leaf.key.pem")),
+        };
+        let settings = TlsSettings::load(&files, ServerVerification::Verify).unwrap();
+        let clone = settings.clone();
+        let chain = vec![leaf.der().clone()];
+        assert_eq!(clone.chains.verify(&chain, now.unix_timestamp()), Ok(()));
+        let before = clone.server.current();
+
+        write(
+            "crl.pem",
+            &crl(vec![rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from(7u64),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: None,
+                invalidity_date: None,
+            }]),
+        );
+        settings.refresh_crls().unwrap();
+        let refused = clone
+            .chains
+            .verify(&chain, now.unix_timestamp())
+            .unwrap_err();
+        assert!(refused.contains("Revoked"), "{refused}");
+        assert!(!Arc::ptr_eq(&before, &clone.server.current()));
+
+        write("crl.pem", "not a CRL");
+        let error = settings.refresh_crls().unwrap_err().to_string();
+        assert!(error.contains("crl.pem"), "{error}");
+        assert!(clone.chains.verify(&chain, now.unix_timestamp()).is_err());
+
+        // The periodic refresh reports its failures and stops with its guard.
+        let (told, heard) = std::sync::mpsc::channel();
+        let guard = settings
+            .refresh_crls_every(Duration::from_millis(20), move |problem| {
+                let _ = told.send(problem);
+            })
+            .unwrap();
+        let problem =
+            tokio::task::spawn_blocking(move || heard.recv_timeout(Duration::from_secs(5)))
+                .await
+                .unwrap()
+                .unwrap();
+        assert!(problem.contains("keeping the previous ones"), "{problem}");
+        drop(guard);
     }
 }

@@ -99,7 +99,7 @@ fn acceptor(tls: Tls) -> Option<TlsAcceptor> {
             TlsSettings::load(&PkiFiles::at(pki()).node_tls(), ServerVerification::Verify)
                 .expect("loading the node's TLS material of the test PKI")
                 .server
-                .0
+                .current()
         }
         Tls::ForeignCa | Tls::UnknownIssuer => {
             let (cert, key) = if tls == Tls::ForeignCa {
