@@ -539,18 +539,17 @@ impl CaseRun<'_> {
             }
             request
         };
+        // A pull-token request signed with `claims`, presenting the authorization base.
+        let authorization_base = notification.authorization_base.as_deref();
+        let ask = async |claims: &AssertionClaims| {
+            self.token_with(&token_url, claims, authorization_base, true)
+                .await
+        };
         // A fresh pull token for the probes that use one: the pull step's may have expired,
         // and a refusal must be for the probed reason, not for expiry.
         let fresh_pull_token = async {
             let claims = self.client_claims(&token_url);
-            let exchange = self
-                .token_with(
-                    &token_url,
-                    &claims,
-                    notification.authorization_base.as_deref(),
-                    true,
-                )
-                .await?;
+            let exchange = ask(&claims).await?;
             self.issued_token(&exchange).map(|(token, _)| token)
         };
         match attack {
@@ -614,26 +613,12 @@ impl CaseRun<'_> {
             }
             ProbeAttack::PullTokenWrongAudience => {
                 let claims = self.client_claims("https://not-this-server.invalid/token");
-                let exchange = self
-                    .token_with(
-                        &token_url,
-                        &claims,
-                        notification.authorization_base.as_deref(),
-                        true,
-                    )
-                    .await?;
+                let exchange = ask(&claims).await?;
                 Ok(judge(&exchange, &TOKEN_REFUSED))
             }
             ProbeAttack::PullTokenReplayedAssertion => {
                 let claims = self.client_claims(&token_url);
-                let first = self
-                    .token_with(
-                        &token_url,
-                        &claims,
-                        notification.authorization_base.as_deref(),
-                        true,
-                    )
-                    .await?;
+                let first = ask(&claims).await?;
                 if first.response.as_ref().map(|r| r.status) != Some(200) {
                     return Err(format!(
                         "the first, valid pull-token request was refused ({}), so replay cannot be probed",
@@ -641,26 +626,12 @@ impl CaseRun<'_> {
                     )
                     .into());
                 }
-                let exchange = self
-                    .token_with(
-                        &token_url,
-                        &claims,
-                        notification.authorization_base.as_deref(),
-                        true,
-                    )
-                    .await?;
+                let exchange = ask(&claims).await?;
                 Ok(judge(&exchange, &TOKEN_REFUSED))
             }
             ProbeAttack::SearchWithExpiredToken => {
                 let claims = self.client_claims(&token_url);
-                let exchange = self
-                    .token_with(
-                        &token_url,
-                        &claims,
-                        notification.authorization_base.as_deref(),
-                        true,
-                    )
-                    .await?;
+                let exchange = ask(&claims).await?;
                 let (token, lifetime) = self.issued_token(&exchange)?;
                 self.wait_for_expiry(lifetime, within).await?;
                 Ok(judge(
