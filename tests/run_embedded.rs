@@ -107,7 +107,7 @@ fn skipping_server_verification_warns_and_marks_every_report() {
 
 /// Each fault, the scenario that exposes it, the check it must trip, and a phrase its
 /// message must contain.
-const FAULTS: [(&str, &str, &str, &str); 38] = [
+const FAULTS: [(&str, &str, &str, &str); 39] = [
     (
         "no-location",
         "known-patient",
@@ -209,6 +209,12 @@ const FAULTS: [(&str, &str, &str, &str); 38] = [
         "cancel-sends",
         "pull-refused-after-cancel",
         "a new token was issued for the revoked authorization base",
+    ),
+    (
+        "serve-after-cancel",
+        "probe-pull-after-cancel",
+        "probe-refused",
+        "accepted the probe",
     ),
     (
         "truncate-pdf",

@@ -190,6 +190,10 @@ pub enum ProbeAttack {
     /// Search with the harness's pull token over a connection authenticated as another
     /// organisation.
     SearchWithTokenOfAnotherClient,
+    /// After the target cancelled: search with the pull token it issued before.
+    SearchAfterCancel,
+    /// After the target cancelled: ask for a new pull token with the authorization base.
+    TokenAfterCancel,
 }
 
 impl ProbeAttack {

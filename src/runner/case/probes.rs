@@ -72,6 +72,12 @@ const NOT_SERVED: Refusal = Refusal {
     challenge: false,
     expected: "401, 403 or 404 with an OperationOutcome, and no data",
 };
+const CANCELLED: Refusal = Refusal {
+    statuses: &[401, 403, 404, 410],
+    body: BodyRule::Fhir,
+    challenge: true,
+    expected: "401 (with WWW-Authenticate: Bearer), 403, 404 or 410, with an OperationOutcome",
+};
 const NOT_YOUR_TOKEN: Refusal = Refusal {
     statuses: &[401, 403],
     body: BodyRule::Fhir,
@@ -653,8 +659,51 @@ impl CaseRun<'_> {
                     .await?;
                 Ok(judge(&exchange, &NOT_YOUR_TOKEN))
             }
+            ProbeAttack::SearchAfterCancel => {
+                if !self.cancellation_received() {
+                    return Err(
+                        "the target's cancellation was not received before the probe".into(),
+                    );
+                }
+                let token = self
+                    .state
+                    .pull_token
+                    .clone()
+                    .ok_or("no pull token from an earlier pull step")?;
+                // A refusal because the token ran out would prove nothing.
+                if self
+                    .state
+                    .pull_token_renew_at
+                    .is_some_and(|at| std::time::Instant::now() >= at)
+                {
+                    return Err("the pull token had nearly run out before the probe, so a refusal would not show the cancellation; raise the target's access-token-lifetime".into());
+                }
+                Ok(judge(
+                    &self
+                        .as_receiver_probe(get(search_url(&first_query), Some(token)))
+                        .await?,
+                    &CANCELLED,
+                ))
+            }
+            ProbeAttack::TokenAfterCancel => {
+                if !self.cancellation_received() {
+                    return Err(
+                        "the target's cancellation was not received before the probe".into(),
+                    );
+                }
+                let claims = self.client_claims(&token_url);
+                Ok(judge(&ask(&claims).await?, &TOKEN_REFUSED))
+            }
             other => Err(format!("the probe {other:?} is aimed at a receiving target").into()),
         }
+    }
+
+    /// True when the target's cancellation has reached the harness's receiving slot.
+    fn cancellation_received(&self) -> bool {
+        self.state
+            .slot
+            .as_ref()
+            .is_some_and(|(slot, _)| !super::lock(&slot.cancellations).is_empty())
     }
 
     /// The client identity `attack` presents; not run when the target file names none.
