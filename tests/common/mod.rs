@@ -90,11 +90,34 @@ pub enum Tls {
     UnknownIssuer,
     /// Accepts TCP and reads whatever arrives, never answering the ClientHello.
     NeverHandshake,
+    /// Completes a TLS handshake with the reference node's server certificate of the test
+    /// PKI and asks for a client certificate, but accepts any certificate at all (a target
+    /// that lets a bad client certificate through silently).
+    AnyClientCert,
+    /// Reads the ClientHello and closes the TCP connection without sending a TLS alert.
+    CloseOnHello,
+    /// Reads the ClientHello and answers it with this fatal TLS alert (its description
+    /// code, e.g. 80 for internal_error), then closes.
+    AlertOnHello(u8),
 }
 
 fn acceptor(tls: Tls) -> Option<TlsAcceptor> {
     let config = match tls {
-        Tls::NeverHandshake => return None,
+        Tls::NeverHandshake | Tls::CloseOnHello | Tls::AlertOnHello(_) => return None,
+        Tls::AnyClientCert => {
+            let node = PkiFiles::at(pki()).node_tls();
+            let identity = load_identity(&node.server_cert, &node.server_key)
+                .expect("loading the node's server certificate of the test PKI");
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
+                .with_single_cert(identity.chain, identity.key)
+                .expect("a server configuration with the node's certificate");
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        }
         Tls::Trusted => {
             TlsSettings::load(&PkiFiles::at(pki()).node_tls(), ServerVerification::Verify)
                 .expect("loading the node's TLS material of the test PKI")
@@ -264,7 +287,7 @@ impl HostileServer {
         let route: Route = Arc::new(route);
         let task = tokio::spawn(accept_loop(
             listener,
-            acceptor(tls),
+            tls,
             route,
             Counters {
                 seen: seen.clone(),
@@ -315,12 +338,8 @@ struct Counters {
     handshakes: Arc<AtomicUsize>,
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
-    route: Route,
-    counters: Counters,
-) {
+async fn accept_loop(listener: TcpListener, tls: Tls, route: Route, counters: Counters) {
+    let acceptor = acceptor(tls);
     // Dropping the set (abort, or the end of the lifetime) ends every connection.
     let mut open = JoinSet::new();
     let serve = async {
@@ -331,6 +350,7 @@ async fn accept_loop(
             counters.connections.fetch_add(1, Ordering::SeqCst);
             open.spawn(handshake(
                 stream,
+                tls,
                 acceptor.clone(),
                 route.clone(),
                 counters.clone(),
@@ -343,10 +363,29 @@ async fn accept_loop(
 
 async fn handshake(
     mut stream: TcpStream,
+    tls: Tls,
     acceptor: Option<TlsAcceptor>,
     route: Route,
     counters: Counters,
 ) {
+    match tls {
+        Tls::CloseOnHello => {
+            let _ = read_client_hello(&mut stream).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        Tls::AlertOnHello(description) => {
+            if read_client_hello(&mut stream).await {
+                // A plaintext TLS record: content type alert (21), TLS 1.2 record version,
+                // length 2, level fatal (2), the description.
+                let _ = stream.write_all(&[21, 3, 3, 0, 2, 2, description]).await;
+                let _ = stream.flush().await;
+            }
+            let _ = stream.shutdown().await;
+            return;
+        }
+        _ => {}
+    }
     let Some(acceptor) = acceptor else {
         // Swallow the ClientHello and whatever follows; never answer, never close first.
         hold(&mut stream).await;
@@ -358,6 +397,75 @@ async fn handshake(
     };
     counters.handshakes.fetch_add(1, Ordering::SeqCst);
     serve_connection(stream, route, counters.seen).await;
+}
+
+/// Reads one TLS record (the ClientHello) within [`HANDSHAKE_LIMIT`]; false when the peer
+/// sends none.
+async fn read_client_hello(stream: &mut TcpStream) -> bool {
+    let read = async {
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header).await.ok()?;
+        let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).await.ok()?;
+        Some(header[0] == 22)
+    };
+    matches!(
+        tokio::time::timeout(HANDSHAKE_LIMIT, read).await,
+        Ok(Some(true))
+    )
+}
+
+/// A client certificate verifier that asks for a certificate and accepts any (still
+/// checking the handshake signature against it).
+#[derive(Debug)]
+struct AnyClientCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Reads and discards until the peer closes, then waits out [`HOLD`].
