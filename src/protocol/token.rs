@@ -509,6 +509,25 @@ pub struct TokenResponse {
     pub expires_in: u64,
 }
 
+/// The lifetime an RFC 6749 §5.1 token response gives in `expires_in`: `None` when it has
+/// none, an error naming the value when it is not a non-negative number of seconds.
+pub fn expires_in(body: &Value) -> Result<Option<std::time::Duration>, String> {
+    let value = &body["expires_in"];
+    if value.is_null() {
+        return Ok(None);
+    }
+    let lifetime = match value.as_u64() {
+        Some(seconds) => Some(std::time::Duration::from_secs(seconds)),
+        None => value
+            .as_f64()
+            .and_then(|seconds| std::time::Duration::try_from_secs_f64(seconds).ok()),
+    };
+    lifetime.map(Some).ok_or_else(|| {
+        let shown: String = value.to_string().chars().take(40).collect();
+        format!("the token response's expires_in is {shown}, not a non-negative number of seconds (RFC 6749 §5.1)")
+    })
+}
+
 /// RFC 6749 error body.
 pub fn token_error(error: &str, description: &str) -> Value {
     json!({ "error": error, "error_description": description })
@@ -531,6 +550,35 @@ mod tests {
         BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
         KeyPair, KeyUsagePurpose, SignatureAlgorithm,
     };
+
+    #[test]
+    fn expires_in_is_a_non_negative_number_of_seconds() {
+        use std::time::Duration;
+        let of = |body: Value| expires_in(&body);
+        assert_eq!(of(json!({})), Ok(None));
+        assert_eq!(
+            of(json!({"expires_in": 300})),
+            Ok(Some(Duration::from_secs(300)))
+        );
+        assert_eq!(
+            of(json!({"expires_in": 1.5})),
+            Ok(Some(Duration::from_millis(1500)))
+        );
+        assert_eq!(
+            of(json!({"expires_in": u64::MAX})),
+            Ok(Some(Duration::from_secs(u64::MAX)))
+        );
+        for bad in [
+            json!("300"),
+            json!(-5),
+            json!(-0.5),
+            json!(true),
+            json!([1]),
+        ] {
+            let problem = of(json!({ "expires_in": bad })).unwrap_err();
+            assert!(problem.contains("expires_in"), "{problem}");
+        }
+    }
 
     /// A CA and its client certificates, one per key type.
     struct Keys {

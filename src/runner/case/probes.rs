@@ -752,34 +752,38 @@ impl CaseRun<'_> {
     /// The access token and its lifetime from a token response the target gave.
     fn issued_token(&self, exchange: &Exchange) -> Result<(String, Duration), Unprobed> {
         let response = exchange.response.clone().unwrap_or_default();
-        let body = response.body.json().unwrap_or(Value::Null);
-        match body["access_token"].as_str() {
-            Some(token) if response.status == 200 => {
-                let lifetime = body["expires_in"]
-                    .as_u64()
-                    .map(Duration::from_secs)
-                    .unwrap_or(self.ctx.target.protocol.access_token_lifetime);
-                Ok((token.to_owned(), lifetime))
-            }
-            _ => Err(format!(
+        if response.status != 200 {
+            return Err(format!(
                 "the target refused a valid token request ({}, {}), so the probe cannot run",
                 exchange.id, response.status
             )
-            .into()),
+            .into());
         }
+        let body = response.body.json().unwrap_or(Value::Null);
+        let Some(token) = body["access_token"].as_str() else {
+            return Err(format!(
+                "the target answered the token request with 200 but no access_token ({}), so the probe cannot run",
+                exchange.id
+            )
+            .into());
+        };
+        let lifetime = crate::protocol::token::expires_in(&body)
+            .map_err(|e| format!("{e} ({}), so the probe cannot run", exchange.id))?
+            .unwrap_or(self.ctx.target.protocol.access_token_lifetime);
+        Ok((token.to_owned(), lifetime))
     }
 
     /// Waits until a token issued now with `lifetime` has expired, plus a second.
     async fn wait_for_expiry(&self, lifetime: Duration, within: Duration) -> Result<(), Unprobed> {
-        let wait = lifetime + Duration::from_secs(1);
-        if wait > within {
+        let wait = lifetime.checked_add(Duration::from_secs(1));
+        let Some(wait) = wait.filter(|wait| *wait <= within) else {
             return Err(format!(
                 "the target's tokens live {} s, longer than this probe may wait ({} s); raise the step's `within`",
-                lifetime.as_secs(),
+                lifetime.as_secs_f64(),
                 within.as_secs()
             )
             .into());
-        }
+        };
         tokio::time::sleep(wait).await;
         Ok(())
     }

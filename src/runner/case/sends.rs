@@ -549,13 +549,20 @@ impl CaseRun<'_> {
                     }
                     (200, Some(token)) => {
                         let body = response.body.json().unwrap_or(Value::Null);
-                        *self.pull_session.lock().await = Some(PullSession::new(
-                            &token,
-                            body["expires_in"].as_u64(),
-                            token_url.clone(),
-                            notification.authorization_base.clone(),
-                        ));
-                        pulled.token = Some(token);
+                        match crate::protocol::token::expires_in(&body) {
+                            Ok(lifetime) => {
+                                *self.pull_session.lock().await = Some(PullSession::new(
+                                    &token,
+                                    lifetime,
+                                    token_url.clone(),
+                                    notification.authorization_base.clone(),
+                                ));
+                                pulled.token = Some(token);
+                            }
+                            Err(problem) => {
+                                pulled.token_problem = Some((problem, vec![exchange.id]));
+                            }
+                        }
                     }
                     (status, _) => {
                         pulled.token_problem = Some((
@@ -691,10 +698,14 @@ impl CaseRun<'_> {
             if let Ok(exchange) = self.as_receiver(request).await {
                 let response = exchange.response.unwrap_or_default();
                 let body = response.body.json().unwrap_or(Value::Null);
-                if let (200, Some(renewed)) = (response.status, body["access_token"].as_str()) {
+                if let (200, Some(renewed), Ok(lifetime)) = (
+                    response.status,
+                    body["access_token"].as_str(),
+                    crate::protocol::token::expires_in(&body),
+                ) {
                     *current = PullSession::new(
                         renewed,
-                        body["expires_in"].as_u64(),
+                        lifetime,
                         current.token_url.clone(),
                         current.authorization_base.clone(),
                     );
@@ -1245,19 +1256,22 @@ pub(super) struct PullSession {
 }
 
 impl PullSession {
-    /// A token issued now that lives `expires_in` seconds (unknown: never renewed); it is
-    /// renewed a second before it runs out.
+    /// A token issued now that lives `lifetime` (unknown: a day); it is renewed a second
+    /// before it runs out. A lifetime beyond the clock's range is never renewed.
     fn new(
         token: &str,
-        expires_in: Option<u64>,
+        lifetime: Option<Duration>,
         token_url: String,
         authorization_base: Option<String>,
     ) -> Self {
-        let lifetime = expires_in.map_or(Duration::from_secs(24 * 3600), Duration::from_secs);
+        let lifetime = lifetime.unwrap_or(Duration::from_secs(24 * 3600));
         let margin = Duration::from_secs(1).min(lifetime / 4);
+        let now = Instant::now();
         Self {
             token: token.to_owned(),
-            renew_at: Instant::now() + lifetime.saturating_sub(margin),
+            renew_at: now
+                .checked_add(lifetime.saturating_sub(margin))
+                .unwrap_or(now + Duration::from_secs(100 * 365 * 24 * 3600)),
             token_url,
             authorization_base,
         }
