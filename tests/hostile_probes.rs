@@ -837,7 +837,6 @@ async fn a_target_answering_a_bad_certificate_with_500_fails_the_probe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: any TLS alert passes a certificate probe, even internal_error sent before a client certificate was asked for"]
 async fn an_internal_error_alert_on_the_client_hello_does_not_pass_a_certificate_probe() {
     let (finished, server, _project) =
         certificate_run(Tls::AlertOnHello(80), accept_everything, &CERT_PROBES).await;
@@ -851,6 +850,20 @@ async fn an_internal_error_alert_on_the_client_hello_does_not_pass_a_certificate
             "an internal_error alert to the ClientHello, before any client certificate was sent, is no refusal of it: {}",
             said(probe)
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_alert_passes_a_certificate_probe() {
+    // unknown_ca (48): a refusal of the client certificate, whenever it comes.
+    let (finished, server, _project) =
+        certificate_run(Tls::AlertOnHello(48), accept_everything, &CERT_PROBES).await;
+    assert!(server.connections() >= 3, "the probes never connected");
+    let reports = judged(&finished, 0);
+    for scenario in CERT_PROBES {
+        let probe = step(&reports, scenario, "probe");
+        assert_verdict(probe, "pass");
+        assert_step_says(probe, &["UnknownCA"]);
     }
 }
 

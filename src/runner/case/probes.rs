@@ -108,6 +108,20 @@ impl From<&str> for Unprobed {
 
 /// Judges a request made with a client certificate the target must refuse: refused in the
 /// TLS handshake (an alert) or with a 4xx, never answered 2xx.
+/// The TLS alerts (rustls's names) by which a server refuses a client certificate:
+/// RFC 8446 §6.2, and handshake_failure, which servers also send for it.
+const CERTIFICATE_ALERTS: [&str; 9] = [
+    "BadCertificate",
+    "UnsupportedCertificate",
+    "CertificateRevoked",
+    "CertificateExpired",
+    "CertificateUnknown",
+    "UnknownCA",
+    "AccessDenied",
+    "CertificateRequired",
+    "HandshakeFailure",
+];
+
 fn judge_certificate(exchange: &Exchange, what: &str) -> CheckOutcome {
     let expected = "the TLS handshake refused with an alert, or a 400/401/403 answer";
     let make = |verdict, actual: String, message: String| CheckOutcome {
@@ -125,11 +139,21 @@ fn judge_certificate(exchange: &Exchange, what: &str) -> CheckOutcome {
                 .next()
                 .unwrap_or("(unnamed)")
                 .to_owned();
-            make(
-                Verdict::Pass,
-                format!("TLS alert {alert}"),
-                format!("the target refused {what} in the TLS handshake ({alert})"),
-            )
+            if CERTIFICATE_ALERTS.contains(&alert.as_str()) {
+                make(
+                    Verdict::Pass,
+                    format!("TLS alert {alert}"),
+                    format!("the target refused {what} in the TLS handshake ({alert})"),
+                )
+            } else {
+                make(
+                    Verdict::Fail,
+                    format!("TLS alert {alert}"),
+                    format!(
+                        "the target ended the TLS handshake with alert {alert}, which does not refuse a certificate (RFC 8446 §4.4.2.4: bad_certificate, unknown_ca, certificate_expired, certificate_revoked, …)"
+                    ),
+                )
+            }
         }
         (None, error) => make(
             Verdict::Error,
