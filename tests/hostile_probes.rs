@@ -942,7 +942,6 @@ async fn the_reference_node_refuses_a_token_of_another_organisation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: an other-organisation certificate of the harness's own URA is not refused, so a conformant node FAILs the probe"]
 async fn an_other_organisation_certificate_of_the_harness_itself_never_fails_the_target() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let node = NodeProcess::start(dir.path()).await;
@@ -1210,7 +1209,6 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a certificate PEM block holding garbage DER gives an error that names no file"]
 async fn a_certificate_block_of_garbage_der_is_a_set_up_error_naming_it() {
     let (finished, _project) = broken_probe_certificate(
         "../pki/garbage-der.pem",
@@ -1226,7 +1224,6 @@ async fn a_certificate_block_of_garbage_der_is_a_set_up_error_naming_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a probe key that does not match its certificate gives an error naming neither file"]
 async fn a_probe_key_not_matching_its_certificate_is_a_set_up_error_naming_the_pair() {
     let (finished, project) = broken_probe_certificate(
         "../pki/foreign-client.pem",
@@ -1267,7 +1264,6 @@ async fn an_ec_key_of_an_odd_curve_is_a_set_up_error_without_echoing_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: an unusable probe key is blamed on the certificate's path, not the key's"]
 async fn an_ec_key_of_an_odd_curve_is_named_by_its_own_path() {
     let (finished, project) = broken_probe_certificate(
         "../pki/foreign-client.pem",

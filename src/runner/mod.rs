@@ -150,30 +150,60 @@ impl ProbeIdentities {
         certificates: &crate::scenario::target::ProbeCertificates,
         harness: &TlsSettings,
     ) -> Result<Self, SetupError> {
-        let one = |pair: &Option<crate::scenario::target::CertAndKey>| {
-            pair.as_ref()
-                .map(|pair| {
-                    let identity = crate::transport::load_identity(&pair.cert, &pair.key)?;
-                    let signer = CertificateSigner::new(&identity.key, &identity.chain, None)
-                        .map_err(|e| {
-                            crate::transport::TlsError::Config(format!("{}: {e}", pair.cert))
-                        })?;
-                    Ok(ProbeIdentity {
-                        tls: harness.client_presenting(&identity)?,
-                        signer,
-                    })
-                })
-                .transpose()
-                .map_err(|e: crate::transport::TlsError| {
-                    SetupError::Tls(format!("a probe certificate: {e}"))
-                })
+        let one = |name: &str,
+                   pair: &Option<crate::scenario::target::CertAndKey>|
+         -> Result<Option<(ProbeIdentity, Option<String>)>, SetupError> {
+            let Some(pair) = pair else { return Ok(None) };
+            let named = |problem: String| {
+                SetupError::Tls(format!(
+                    "a probe certificate, tls.probe-certificates.{name} (cert {}, key {}): {problem}",
+                    pair.cert, pair.key
+                ))
+            };
+            let identity = crate::transport::load_identity(&pair.cert, &pair.key)
+                .map_err(|e| named(e.to_string()))?;
+            let signer = CertificateSigner::new(&identity.key, &identity.chain, None)
+                .map_err(|e| named(format!("{}: {e}", pair.key)))?;
+            let tls = harness
+                .client_presenting(&identity)
+                .map_err(|e| named(describe_identity_problem(&e.to_string())))?;
+            let ura = identity
+                .chain
+                .first()
+                .and_then(crate::transport::subject_serial_number);
+            Ok(Some((ProbeIdentity { tls, signer }, ura)))
         };
+        let other_organisation = one("other-organisation", &certificates.other_organisation)?;
+        let own_ura = harness
+            .client_identity
+            .chain
+            .first()
+            .and_then(crate::transport::subject_serial_number);
+        if let Some((_, Some(ura))) = &other_organisation
+            && own_ura.as_ref() == Some(ura)
+        {
+            return Err(SetupError::Tls(format!(
+                "tls.probe-certificates.other-organisation carries URA {ura}, the same as the harness's own client certificate; the probe needs a certificate of another organisation"
+            )));
+        }
+        let identity = |loaded: Option<(ProbeIdentity, Option<String>)>| loaded.map(|(i, _)| i);
         Ok(Self {
-            foreign_ca: one(&certificates.foreign_ca)?,
-            expired: one(&certificates.expired)?,
-            revoked: one(&certificates.revoked)?,
-            other_organisation: one(&certificates.other_organisation)?,
+            foreign_ca: identity(one("foreign-ca", &certificates.foreign_ca)?),
+            expired: identity(one("expired", &certificates.expired)?),
+            revoked: identity(one("revoked", &certificates.revoked)?),
+            other_organisation: identity(other_organisation),
         })
+    }
+}
+
+/// Plain words for the rustls errors a mismatched or broken identity gives.
+fn describe_identity_problem(problem: &str) -> String {
+    if problem.contains("KeyMismatch") {
+        format!("the key does not belong to the certificate ({problem})")
+    } else if problem.contains("BadEncoding") {
+        format!("the certificate is no valid DER X.509 certificate ({problem})")
+    } else {
+        problem.to_owned()
     }
 }
 
