@@ -57,6 +57,69 @@ impl Body {
     pub fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.bytes).ok()
     }
+
+    /// The body as text: UTF-8, or UTF-16 when a byte-order mark, the charset or the
+    /// pattern of zero bytes says so. `None` when it is no text in these encodings.
+    pub fn text(&self) -> Option<String> {
+        let bytes: &[u8] = &self.bytes;
+        let charset = self
+            .content_type
+            .as_deref()
+            .and_then(|c| {
+                c.to_ascii_lowercase()
+                    .split("charset=")
+                    .nth(1)
+                    .map(str::to_owned)
+            })
+            .map(|c| {
+                c.trim_matches(|c: char| c == '"' || c.is_whitespace())
+                    .to_owned()
+            });
+        let utf16 = |bytes: &[u8], little: bool| {
+            let units: Vec<u16> = bytes
+                .chunks(2)
+                .map(|pair| match (pair, little) {
+                    ([a, b], true) => u16::from_le_bytes([*a, *b]),
+                    ([a, b], false) => u16::from_be_bytes([*a, *b]),
+                    _ => 0xfffd,
+                })
+                .collect();
+            String::from_utf16(&units).ok()
+        };
+        let text = if let Some(rest) = bytes.strip_prefix(&[0xef, 0xbb, 0xbf]) {
+            String::from_utf8(rest.to_vec()).ok()
+        } else if let Some(rest) = bytes.strip_prefix(&[0xff, 0xfe]) {
+            utf16(rest, true)
+        } else if let Some(rest) = bytes.strip_prefix(&[0xfe, 0xff]) {
+            utf16(rest, false)
+        } else if let Some(charset) = charset.as_deref().filter(|c| c.starts_with("utf-16")) {
+            utf16(bytes, charset != "utf-16be")
+        } else if let Some(little) = utf16_without_mark(bytes) {
+            utf16(bytes, little)
+        } else {
+            std::str::from_utf8(bytes).ok().map(str::to_owned)
+        };
+        // Zero bytes left over mean some other encoding or binary data.
+        text.filter(|t| !t.contains('\0'))
+    }
+}
+
+/// Whether unmarked bytes look like UTF-16 (little-endian: `Some(true)`): an even length
+/// and a zero in every other byte of most of it, as Latin text in UTF-16 has.
+fn utf16_without_mark(bytes: &[u8]) -> Option<bool> {
+    if bytes.len() < 4 || !bytes.len().is_multiple_of(2) {
+        return None;
+    }
+    let pairs = bytes.len() / 2;
+    let zero_high = bytes.chunks(2).filter(|p| p[1] == 0 && p[0] != 0).count();
+    let zero_low = bytes.chunks(2).filter(|p| p[0] == 0 && p[1] != 0).count();
+    if zero_high * 2 > pairs {
+        Some(true)
+    } else if zero_low * 2 > pairs {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// One HTTP request.
@@ -288,4 +351,52 @@ impl Journal {
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(bytes: &[u8], content_type: Option<&str>) -> Body {
+        Body {
+            bytes: Bytes::copy_from_slice(bytes),
+            content_type: content_type.map(str::to_owned),
+        }
+    }
+
+    fn utf16(text: &str, little: bool) -> Vec<u8> {
+        text.encode_utf16()
+            .flat_map(|u| {
+                if little {
+                    u.to_le_bytes()
+                } else {
+                    u.to_be_bytes()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn text_is_read_in_utf8_and_utf16_however_it_is_marked() {
+        let line = "patiënt 999923067";
+        assert_eq!(body(line.as_bytes(), None).text().as_deref(), Some(line));
+        let marked: Vec<u8> = [0xff, 0xfe].into_iter().chain(utf16(line, true)).collect();
+        assert_eq!(body(&marked, None).text().as_deref(), Some(line));
+        let big: Vec<u8> = [0xfe, 0xff].into_iter().chain(utf16(line, false)).collect();
+        assert_eq!(body(&big, None).text().as_deref(), Some(line));
+        let labelled = body(&utf16(line, false), Some("text/plain; charset=UTF-16BE"));
+        assert_eq!(labelled.text().as_deref(), Some(line));
+        // Unmarked and unlabelled: the zero bytes tell.
+        assert_eq!(body(&utf16(line, true), None).text().as_deref(), Some(line));
+    }
+
+    #[test]
+    fn binary_and_other_encodings_are_no_text() {
+        assert_eq!(body(b"%PDF\x00\x01\x02", None).text(), None);
+        assert_eq!(
+            body(b"caf\xe9", Some("text/plain; charset=iso-8859-1")).text(),
+            None
+        );
+        assert_eq!(body(&[0, 0, 0, 0, 1, 2], None).text(), None);
+    }
 }

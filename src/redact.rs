@@ -158,8 +158,9 @@ impl Redactor {
                     match key.as_str() {
                         "birthDate" if patient_context => {
                             if let Some(date) = child.as_str() {
-                                self.learn(Sensitive::BirthDate, date);
-                                self.learn(Sensitive::BirthDate, &date.replace('-', ""));
+                                for form in birth_date_forms(date) {
+                                    self.learn(Sensitive::BirthDate, &form);
+                                }
                             }
                         }
                         "name" if patient_context && is_human_name_list(child) => {
@@ -339,6 +340,45 @@ impl Redactor {
         }
         self.text(value)
     }
+}
+
+/// The ways a FHIR date is written in logs and letters: as given, without dashes, and in
+/// the Dutch day-month-year order with a dash, slash or dot.
+pub fn birth_date_forms(date: &str) -> Vec<String> {
+    let mut forms = vec![date.to_owned()];
+    let parts: Vec<&str> = date.split('-').collect();
+    if let [year, month, day] = parts[..]
+        && year.len() == 4
+        && month.len() == 2
+        && day.len() == 2
+    {
+        forms.push(format!("{year}{month}{day}"));
+        for separator in ['-', '/', '.'] {
+            forms.push(format!("{day}{separator}{month}{separator}{year}"));
+        }
+    }
+    forms
+}
+
+/// Name prefixes (voorvoegsels) that are no name by themselves.
+const NAME_PREFIXES: [&str; 14] = [
+    "van", "de", "der", "den", "het", "ten", "ter", "te", "in", "op", "'t", "la", "le", "du",
+];
+
+/// What of a family name identifies someone: the whole name and each of its words that is
+/// no prefix ("van Lindeboom": also "Lindeboom"; "Jansen-de Vries": also "Jansen",
+/// "Vries").
+pub fn family_name_parts(family: &str) -> Vec<String> {
+    let mut parts = vec![family.trim().to_owned()];
+    for word in family.split(|c: char| c.is_whitespace() || c == '-') {
+        let word = word.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
+        let is_prefix = NAME_PREFIXES.iter().any(|p| p.eq_ignore_ascii_case(word));
+        if word.chars().count() >= 2 && !is_prefix && !parts.iter().any(|p| p == word) {
+            parts.push(word.to_owned());
+        }
+    }
+    parts.retain(|p| !p.is_empty());
+    parts
 }
 
 fn is_bsn_identifier(map: &Map<String, Value>) -> bool {
@@ -531,6 +571,38 @@ mod tests {
                 .unwrap()
                 .starts_with("[letter content")
         );
+    }
+
+    #[test]
+    fn birth_dates_are_known_in_the_ways_they_are_written() {
+        assert_eq!(
+            birth_date_forms("1958-11-14"),
+            [
+                "1958-11-14",
+                "19581114",
+                "14-11-1958",
+                "14/11/1958",
+                "14.11.1958"
+            ]
+        );
+        assert_eq!(birth_date_forms("1958"), ["1958"]);
+        let redactor = Redactor::new();
+        redactor.learn_json(&patient());
+        let shown = redactor.text("geboren 01-03-1950 (19500301)");
+        assert!(!shown.contains("1950"), "{shown}");
+    }
+
+    #[test]
+    fn family_names_are_known_with_and_without_their_prefixes() {
+        assert_eq!(
+            family_name_parts("van Lindeboom"),
+            ["van Lindeboom", "Lindeboom"]
+        );
+        assert_eq!(
+            family_name_parts("Jansen-de Vries"),
+            ["Jansen-de Vries", "Jansen", "Vries"]
+        );
+        assert_eq!(family_name_parts("Bos"), ["Bos"]);
     }
 
     #[test]

@@ -906,7 +906,10 @@ impl CaseRun<'_> {
                 response.status, exchange.id
             ));
         }
-        let log = String::from_utf8_lossy(&response.body.bytes);
+        let log = response
+            .body
+            .text()
+            .unwrap_or_else(|| String::from_utf8_lossy(&response.body.bytes).into_owned());
         let patient = self.fixture.store.get(&self.fixture.scope.patient_ref);
         Ok(checks::log_free_of_patient_data(
             &log,

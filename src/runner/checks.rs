@@ -897,6 +897,19 @@ fn registration_follows_sbvz(evidence: &Evidence<'_>) -> CheckOutcome {
     }
 }
 
+/// Whether `line` holds `value`: anywhere for values of four characters or more, as a
+/// whole word for shorter ones (the family name "Bos", not "Bosch").
+fn mentions(line: &str, value: &str) -> bool {
+    if value.chars().count() >= 4 {
+        return line.contains(value);
+    }
+    line.match_indices(value).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        let after = line[at + value.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
 /// `log-free-of-patient-data`: the target's log names none of the patient's BSN, family
 /// names or birth date. The message gives what was found and on which line, never the value.
 pub(crate) fn log_free_of_patient_data(
@@ -905,23 +918,31 @@ pub(crate) fn log_free_of_patient_data(
     patient: Option<&serde_json::Value>,
     inspection: &str,
 ) -> CheckOutcome {
-    let mut wanted: Vec<(&str, String)> = vec![("the BSN", bsn.to_owned())];
+    let mut wanted: Vec<(&str, Vec<String>)> = vec![("the BSN", vec![bsn.to_owned()])];
     if let Some(patient) = patient {
-        for name in patient["name"].as_array().into_iter().flatten() {
-            if let Some(family) = name["family"].as_str().filter(|f| f.chars().count() >= 4) {
-                wanted.push(("the family name", family.to_owned()));
-            }
+        let families: Vec<String> = patient["name"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|name| name["family"].as_str())
+            .flat_map(crate::redact::family_name_parts)
+            .collect();
+        if !families.is_empty() {
+            wanted.push(("the family name", families));
         }
         if let Some(birth_date) = patient["birthDate"].as_str() {
-            wanted.push(("the birth date", birth_date.to_owned()));
+            wanted.push((
+                "the birth date",
+                crate::redact::birth_date_forms(birth_date),
+            ));
         }
     }
     let mut found = Vec::new();
-    for (what, value) in &wanted {
+    for (what, values) in &wanted {
         let lines: Vec<String> = log
             .lines()
             .enumerate()
-            .filter(|(_, line)| line.contains(value.as_str()))
+            .filter(|(_, line)| values.iter().any(|value| mentions(line, value)))
             .map(|(n, _)| (n + 1).to_string())
             .take(5)
             .collect();

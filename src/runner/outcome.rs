@@ -209,9 +209,9 @@ fn show_body(body: &Body, redactor: &Redactor) -> Option<String> {
         let pretty = serde_json::to_string_pretty(&redactor.json(&json)).unwrap_or_default();
         return Some(cut(pretty));
     }
-    match std::str::from_utf8(&body.bytes) {
-        Ok(text) => Some(cut(redactor.text(text))),
-        Err(_) => Some(format!(
+    match body.text() {
+        Some(text) => Some(cut(redactor.text(&text))),
+        None => Some(format!(
             "[{} bytes of binary data, not shown]",
             body.bytes.len()
         )),
