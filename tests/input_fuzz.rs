@@ -286,10 +286,15 @@ proptest! {
 
 /// Runs `validate` on one file in bounded time; returns exit code and stderr.
 fn validate(path: &Path) -> (Option<i32>, String) {
+    harness(&["validate".as_ref(), path.as_os_str()])
+}
+
+/// Runs the harness with `args` in bounded time; returns exit code and stderr.
+fn harness(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let path = args.last().map(Path::new).unwrap_or(Path::new(""));
     let started = std::time::Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bgz-harness"))
-        .arg("validate")
-        .arg(path)
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -531,16 +536,37 @@ fn target_endpoints_that_are_not_usable_urls_are_refused() {
     }
 }
 
-#[ignore = "by design: validate accepts TLS paths that `node serve` or `certs` will create; a run names the missing file"]
+/// By design `validate` accepts TLS paths that `node serve` or `certs` will create; the
+/// run is what refuses the missing file, by name, before any exchange.
 #[test]
-fn a_target_naming_a_missing_ca_file_is_refused() {
+fn a_target_naming_a_missing_ca_file_is_refused_by_the_run() {
     let dir = tempfile::tempdir().expect("a temporary folder");
-    assert_refused(&target_with(
+    let target = target_with(
         dir.path(),
         "no-ca.yaml",
         "ca: ../pki/root-ca.pem",
         "ca: ../pki/no-such-ca.pem",
-    ));
+    );
+    let (code, stderr) = validate(&target);
+    assert_eq!(
+        code,
+        Some(0),
+        "validate refused a file it should accept:\n{stderr}"
+    );
+    let reports = dir.path().join("reports");
+    let (code, stderr) = harness(&[
+        "run".as_ref(),
+        "--reports".as_ref(),
+        reports.as_os_str(),
+        "--target".as_ref(),
+        target.as_os_str(),
+    ]);
+    assert_eq!(
+        code,
+        Some(2),
+        "the run did not refuse the target:\n{stderr}"
+    );
+    assert!(stderr.contains("no-such-ca.pem"), "UNCLEAR: {stderr}");
 }
 
 #[test]
