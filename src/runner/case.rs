@@ -196,6 +196,11 @@ fn skipped(step: &Step, reason: &str) -> StepOutcome {
     }
 }
 
+/// A step that could not be judged: `problem` says why, `exchanges` show it.
+fn step_error(step: &Step, problem: String, exchanges: Vec<String>) -> StepOutcome {
+    step_outcome(step, Verdict::Error, Vec::new(), Some(problem), exchanges)
+}
+
 fn step_outcome(
     step: &Step,
     verdict: Verdict,
@@ -442,13 +447,7 @@ impl CaseRun<'_> {
         if let Some(answer) = settings.sbvz
             && let Err(problem) = self.teach_sbvz(answer)
         {
-            return step_outcome(
-                step,
-                Verdict::Error,
-                Vec::new(),
-                Some(problem),
-                vec![token_exchange],
-            );
+            return step_error(step, problem, vec![token_exchange]);
         }
         let identifier = new_identifier();
         let spec = NotificationSpec {
@@ -482,13 +481,7 @@ impl CaseRun<'_> {
         let exchange = match self.ctx.to_target.send(request).await {
             Ok(exchange) => exchange,
             Err(e) => {
-                return step_outcome(
-                    step,
-                    Verdict::Error,
-                    Vec::new(),
-                    Some(e.to_string()),
-                    vec![token_exchange],
-                );
+                return step_error(step, e.to_string(), vec![token_exchange]);
             }
         };
         let status = exchange.response.as_ref().map(|r| r.status).unwrap_or(0);
@@ -531,11 +524,9 @@ impl CaseRun<'_> {
 
     async fn await_pull(&mut self, step: &Step, within: Duration, quiet: Duration) -> StepOutcome {
         let Some(sent) = self.state.sent.clone() else {
-            return step_outcome(
+            return step_error(
                 step,
-                Verdict::Error,
-                Vec::new(),
-                Some("no notification was delivered before await-pull".to_owned()),
+                "no notification was delivered before await-pull".to_owned(),
                 Vec::new(),
             );
         };
@@ -671,11 +662,9 @@ impl CaseRun<'_> {
 
     async fn cancel(&mut self, step: &Step, observe: Duration) -> StepOutcome {
         let Some(sent) = self.state.sent.clone() else {
-            return step_outcome(
+            return step_error(
                 step,
-                Verdict::Error,
-                Vec::new(),
-                Some("no notification was delivered before cancel".to_owned()),
+                "no notification was delivered before cancel".to_owned(),
                 Vec::new(),
             );
         };
@@ -719,13 +708,7 @@ impl CaseRun<'_> {
         let exchange = match self.ctx.to_target.send(request).await {
             Ok(exchange) => exchange,
             Err(e) => {
-                return step_outcome(
-                    step,
-                    Verdict::Error,
-                    Vec::new(),
-                    Some(e.to_string()),
-                    vec![token_exchange],
-                );
+                return step_error(step, e.to_string(), vec![token_exchange]);
             }
         };
 
@@ -820,13 +803,7 @@ impl CaseRun<'_> {
             ConfirmFact::LogFreeOfPatientData => match self.inspect_log().await {
                 Ok(check) => check,
                 Err(problem) => {
-                    return step_outcome(
-                        step,
-                        Verdict::Error,
-                        Vec::new(),
-                        Some(problem),
-                        Vec::new(),
-                    );
+                    return step_error(step, problem, Vec::new());
                 }
             },
             ConfirmFact::ReferralCancelled => {
@@ -837,13 +814,7 @@ impl CaseRun<'_> {
                 {
                     Ok(inbox) => inbox,
                     Err(problem) => {
-                        return step_outcome(
-                            step,
-                            Verdict::Error,
-                            Vec::new(),
-                            Some(problem),
-                            Vec::new(),
-                        );
+                        return step_error(step, problem, Vec::new());
                     }
                 };
                 checks::referral_cancelled(
@@ -859,13 +830,7 @@ impl CaseRun<'_> {
                         match self.inspect_inbox(&sent, deadline).await {
                             Ok(inbox) => inbox,
                             Err(problem) => {
-                                return step_outcome(
-                                    step,
-                                    Verdict::Error,
-                                    Vec::new(),
-                                    Some(problem),
-                                    Vec::new(),
-                                );
+                                return step_error(step, problem, Vec::new());
                             }
                         }
                     }

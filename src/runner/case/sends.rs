@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sha1::Sha1;
 use sha2::Digest;
 
-use super::{CaseRun, step_outcome};
+use super::{CaseRun, step_error, step_outcome};
 use crate::fhir::bundle::{entries, next_link};
 use crate::fhir::catalogue::{section_of, section_profiles};
 use crate::fhir::conformance::{Finding, SearchContext, Severity, check_resource, check_searchset};
@@ -166,13 +166,7 @@ impl CaseRun<'_> {
         let exchange = match self.ctx.inspector.send(request).await {
             Ok(exchange) => exchange,
             Err(e) => {
-                return step_outcome(
-                    step,
-                    Verdict::Error,
-                    Vec::new(),
-                    Some(e.to_string()),
-                    Vec::new(),
-                );
+                return step_error(step, e.to_string(), Vec::new());
             }
         };
         let response = exchange.response.clone().unwrap_or_default();
@@ -259,11 +253,9 @@ impl CaseRun<'_> {
                             Vec::new(),
                         )
                     }
-                    Ok(Err(e)) => step_outcome(
+                    Ok(Err(e)) => step_error(
                         step,
-                        Verdict::Error,
-                        Vec::new(),
-                        Some(format!("the trigger command could not start: {e}")),
+                        format!("the trigger command could not start: {e}"),
                         Vec::new(),
                     ),
                     Err(_) => step_outcome(
@@ -310,21 +302,13 @@ impl CaseRun<'_> {
                     }
                     Ok(exchange) => {
                         let status = exchange.response.as_ref().map_or(0, |r| r.status);
-                        step_outcome(
+                        step_error(
                             step,
-                            Verdict::Error,
-                            Vec::new(),
-                            Some(format!("the trigger call answered {status}")),
+                            format!("the trigger call answered {status}"),
                             vec![exchange.id],
                         )
                     }
-                    Err(e) => step_outcome(
-                        step,
-                        Verdict::Error,
-                        Vec::new(),
-                        Some(e.to_string()),
-                        Vec::new(),
-                    ),
+                    Err(e) => step_error(step, e.to_string(), Vec::new()),
                 }
             }
         }
@@ -358,11 +342,9 @@ impl CaseRun<'_> {
         within: Duration,
     ) -> StepOutcome {
         let Some((slot, _)) = self.state.slot.clone() else {
-            return step_outcome(
+            return step_error(
                 step,
-                Verdict::Error,
-                Vec::new(),
-                Some("no trigger opened a slot for the notification".to_owned()),
+                "no trigger opened a slot for the notification".to_owned(),
                 Vec::new(),
             );
         };
@@ -495,11 +477,9 @@ impl CaseRun<'_> {
 
     pub(super) async fn pull(&mut self, step: &Step) -> StepOutcome {
         let Some(Ok(notification)) = self.state.received.as_ref().map(|r| r.parsed.clone()) else {
-            return step_outcome(
+            return step_error(
                 step,
-                Verdict::Error,
-                Vec::new(),
-                Some("no valid notification was received, so there is nothing to pull".to_owned()),
+                "no valid notification was received, so there is nothing to pull".to_owned(),
                 Vec::new(),
             );
         };
@@ -1063,13 +1043,7 @@ impl CaseRun<'_> {
         within: Duration,
     ) -> StepOutcome {
         let Some((slot, _)) = self.state.slot.clone() else {
-            return step_outcome(
-                step,
-                Verdict::Error,
-                Vec::new(),
-                Some("no notification slot is open".to_owned()),
-                Vec::new(),
-            );
+            return step_error(step, "no notification slot is open".to_owned(), Vec::new());
         };
         let cancellation = self
             .wait_for_slot(within, || super::lock(&slot.cancellations).first().cloned())
@@ -1147,20 +1121,16 @@ impl CaseRun<'_> {
             self.ctx.endpoints.sender_fhir_base.clone(),
             self.ctx.endpoints.sender_token_url.clone(),
         ) else {
-            return step_outcome(
+            return step_error(
                 step,
-                Verdict::Error,
-                Vec::new(),
-                Some("the target file names no sender endpoints".to_owned()),
+                "the target file names no sender endpoints".to_owned(),
                 Vec::new(),
             );
         };
         let Some(Ok(notification)) = self.state.received.as_ref().map(|r| r.parsed.clone()) else {
-            return step_outcome(
+            return step_error(
                 step,
-                Verdict::Error,
-                Vec::new(),
-                Some("no valid notification was received".to_owned()),
+                "no valid notification was received".to_owned(),
                 Vec::new(),
             );
         };
