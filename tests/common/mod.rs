@@ -957,6 +957,11 @@ impl NodeProcess {
     /// `targets/reference-node.yaml` with the test PKI copied to `dir/pki`, and waits for its
     /// address line.
     pub async fn start(dir: &Path) -> Self {
+        Self::start_on(dir, "127.0.0.1:0").await
+    }
+
+    /// As [`NodeProcess::start`], listening on `listen` (to restart a node on its port).
+    pub async fn start_on(dir: &Path, listen: &str) -> Self {
         let certs = install_pki(dir);
         let mut child = harness(
             &manifest_dir(),
@@ -964,7 +969,7 @@ impl NodeProcess {
                 "node",
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--target",
                 "targets/reference-node.yaml",
                 "--certs",
@@ -994,6 +999,12 @@ impl NodeProcess {
     /// `https://addr`.
     pub fn base(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// Kills the node and waits (at most 10 s) until it has exited, freeing its port.
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
 }
 
