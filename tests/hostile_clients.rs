@@ -1622,3 +1622,92 @@ async fn a_valid_token_with_a_lowercase_bearer_scheme_is_accepted() {
     .await;
     assert_eq!(reply.status, 201, "{reply:?}");
 }
+
+/// A client certificate issued by the test PKI's issuing CA whose subject carries no URA
+/// (no serialNumber attribute): valid for TLS, but naming no organisation.
+fn client_without_ura(label: &str) -> TlsIdentity {
+    use rcgen::{
+        CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        SanType,
+    };
+    let files = PkiFiles::at(pki());
+    let issuer_key = KeyPair::from_pem(
+        &std::fs::read_to_string(files.path(PkiFile::IntermediateCaKey)).expect("the CA key"),
+    )
+    .expect("the issuing CA's key");
+    // The issuing CA's subject as the test PKI writes it (pki.rs ca_params).
+    let mut issuer_params = CertificateParams::default();
+    issuer_params.distinguished_name = rcgen::DistinguishedName::new();
+    issuer_params
+        .distinguished_name
+        .push(DnType::CountryName, "NL");
+    issuer_params.distinguished_name.push(
+        DnType::OrganizationName,
+        "Proefstaat der Nederlanden (TEST)",
+    );
+    issuer_params
+        .distinguished_name
+        .push(DnType::CommonName, "Proefstaat Zorg Server CA - T1 (TEST)");
+    issuer_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    let issuer = Issuer::new(issuer_params, issuer_key);
+
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a key");
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CountryName, "NL");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Zonder URA (TEST)");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{label} client without URA"));
+    params.subject_alt_names = vec![SanType::IpAddress(std::net::IpAddr::V4(
+        std::net::Ipv4Addr::LOCALHOST,
+    ))];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(30);
+    let cert = params.signed_by(&key, &issuer).expect("a certificate");
+    let chain_pem = format!(
+        "{}{}",
+        cert.pem(),
+        std::fs::read_to_string(files.path(PkiFile::IntermediateCa)).expect("the CA certificate")
+    );
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, &chain_pem).expect("writing the certificate");
+    std::fs::write(&key_path, key.serialize_pem()).expect("writing the key");
+    load_identity(&PemSource::File(cert_path), &PemSource::File(key_path))
+        .expect("loading the minted certificate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a client certificate without a URA gets a token bound to `None`, which every other URA-less certificate may then use (node/mod.rs Issued::new and token_refusal compare Option<URA>)"]
+async fn a_token_is_never_bound_to_no_organisation() {
+    let attack = Attack::start().await;
+    let (first, second) = (client_without_ura("first"), client_without_ura("second"));
+    let (first_client, second_client) = (client(&first), client(&second));
+    let reply = attack
+        .post_form(
+            &first_client,
+            "/token",
+            good_form(&first, &attack.url("/token"), None),
+        )
+        .await;
+    if reply.status == 400 {
+        return; // refusing a certificate that names no organisation is right
+    }
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let token = reply.json()["access_token"].as_str().unwrap().to_owned();
+    attack
+        .notify(
+            &second_client,
+            &token,
+            &task(&new_identifier(), KNOWN_BSN, HARNESS_URA),
+        )
+        .await
+        .assert_unauthorized("a token issued to one URA-less certificate, used by another");
+}
