@@ -156,8 +156,9 @@ impl Redactor {
                 }
                 for (key, child) in map {
                     match key.as_str() {
-                        "birthDate" if patient_context => {
-                            if let Some(date) = child.as_str() {
+                        "birthDate" | "deceasedDateTime" if patient_context => {
+                            // A date-time of death: its date is what texts show.
+                            if let Some(date) = child.as_str().and_then(|d| d.get(..10)) {
                                 for form in birth_date_forms(date) {
                                     self.learn(Sensitive::BirthDate, &form);
                                 }
@@ -202,6 +203,7 @@ impl Redactor {
 
     fn learn_strings(&self, kind: Sensitive, value: &Value) {
         match value {
+            Value::String(s) if kind == Sensitive::Name => self.learn_name(s),
             Value::String(s) => {
                 self.learn(kind, s);
                 // Also each word, so "Jansen" is caught inside other texts. Short numbers
@@ -219,8 +221,15 @@ impl Redactor {
             }
             Value::Array(items) => items.iter().for_each(|i| self.learn_strings(kind, i)),
             Value::Object(map) => {
+                // Names keep their parts in extensions (own name, partner name); their
+                // `url` is no name.
+                let skipped: &[&str] = if kind == Sensitive::Name {
+                    &["use", "system", "type", "url"]
+                } else {
+                    &["use", "system", "type", "extension"]
+                };
                 for (key, child) in map {
-                    if key != "use" && key != "system" && key != "type" && key != "extension" {
+                    if !skipped.contains(&key.as_str()) {
                         self.learn_strings(kind, child);
                     }
                 }
@@ -242,20 +251,62 @@ impl Redactor {
         }
     }
 
+    /// The label of a learned value.
+    fn label_of(&self, value: &str) -> Option<String> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.labels.get(value).cloned()
+    }
+
+    /// Learns the personal data an SBV-Z message (XML) carries in its elements: names,
+    /// birth and death dates, address lines. Element names are matched without a prefix.
+    pub fn learn_sbvz_xml(&self, xml: &str) {
+        for (element, kind) in SBVZ_PERSONAL_ELEMENTS {
+            for value in element_texts(xml, element) {
+                if kind == Sensitive::Name {
+                    self.learn_name(&value);
+                } else {
+                    self.learn(kind, &value);
+                }
+            }
+        }
+    }
+
+    /// Learns a name and each part of it that identifies someone.
+    fn learn_name(&self, name: &str) {
+        // A prefix alone ("van", an own-prefix extension) would cut through words.
+        if NAME_PREFIXES
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name.trim()))
+        {
+            return;
+        }
+        self.learn(Sensitive::Name, name);
+        for part in family_name_parts(name) {
+            if part.chars().count() >= 4 {
+                self.learn(Sensitive::Name, &part);
+            }
+        }
+    }
+
     /// Redacts free text: known values first (longest first), then patterns that catch
     /// what was never learned: bearer tokens, JWTs, and 9-digit numbers passing the 11-proef.
     pub fn text(&self, text: &str) -> String {
         if !self.enabled {
             return text.to_owned();
         }
-        let out = {
-            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            match known.matcher() {
-                Some((matcher, labels)) => matcher.replace_all(text, labels),
-                None => text.to_owned(),
-            }
-        };
-        redact_bearer(&redact_jwts(&redact_bsn_like(&out)))
+        redact_bearer(&redact_jwts(&redact_bsn_like(&self.known_values(text))))
+    }
+
+    /// Replaces the learned values only.
+    fn known_values(&self, text: &str) -> String {
+        if !self.enabled {
+            return text.to_owned();
+        }
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        match known.matcher() {
+            Some((matcher, labels)) => matcher.replace_all(text, labels),
+            None => text.to_owned(),
+        }
     }
 
     /// Redacts a JSON value: structure-aware rules, then [`Self::text`] on every string.
@@ -285,6 +336,12 @@ impl Redactor {
                         k if SECRET_KEYS.contains(&k) => {
                             Value::String(self.label_or(child, "[secret]"))
                         }
+                        // A code of a code system (SNOMED, LOINC, …) is no BSN, even when it
+                        // passes the 11-proef; learned values are still replaced.
+                        "code" if map.contains_key("system") => match child.as_str() {
+                            Some(code) => Value::String(self.known_values(code)),
+                            None => self.json(child),
+                        },
                         _ => self.json(child),
                     };
                     out.insert(key.clone(), redacted);
@@ -332,8 +389,13 @@ impl Redactor {
         }
         let lower = name.to_ascii_lowercase();
         if lower == "authorization" {
-            let scheme = value.split_whitespace().next().unwrap_or("");
-            return format!("{scheme} [token]");
+            let mut parts = value.splitn(2, char::is_whitespace);
+            let scheme = parts.next().unwrap_or("");
+            let credential = parts.next().unwrap_or("").trim();
+            let label = self
+                .label_of(credential)
+                .unwrap_or_else(|| "[token]".to_owned());
+            return format!("{scheme} {label}");
         }
         if lower == "cookie" || lower == "set-cookie" {
             return "[redacted]".to_owned();
@@ -411,7 +473,13 @@ fn redact_bsn_like(text: &str) -> String {
                 i += 1;
             }
             let run = &text[start..i];
-            if run.len() == 9 && Bsn::parse(run).is_ok() {
+            // A fraction of a second ("15:48:22.123456789") is no BSN, nor are digits
+            // inside a word (a UUID's "7b123456782c").
+            let fraction = text[..start].ends_with('.')
+                && text[..start.saturating_sub(1)].ends_with(|c: char| c.is_ascii_digit());
+            let in_word = text[..start].ends_with(|c: char| c.is_alphabetic())
+                || text[i..].starts_with(|c: char| c.is_alphabetic());
+            if run.len() == 9 && !fraction && !in_word && Bsn::parse(run).is_ok() {
                 out.push_str("[bsn]");
             } else {
                 out.push_str(run);
@@ -447,6 +515,49 @@ fn redact_jwts(text: &str) -> String {
     out
 }
 
+/// Words of letters only, shorter than this, after `Bearer ` are taken for words of a
+/// message ("Bearer token"), not credentials: access tokens are long random strings.
+const PLAIN_WORD_LENGTH: usize = 12;
+
+/// The elements of SBV-Z messages that hold personal data, and what they hold.
+/// House numbers are left out: short numbers would cut through codes and counts.
+const SBVZ_PERSONAL_ELEMENTS: [(&str, Sensitive); 9] = [
+    ("Geslachtsnaam", Sensitive::Name),
+    ("Voornamen", Sensitive::Name),
+    ("Voorletters", Sensitive::Name),
+    ("Geboortedatum", Sensitive::BirthDate),
+    ("DatumOverlijden", Sensitive::BirthDate),
+    ("Straatnaam", Sensitive::Address),
+    ("Woonplaatsnaam", Sensitive::Address),
+    ("Postcode", Sensitive::Address),
+    ("Locatieomschrijving", Sensitive::Address),
+];
+
+/// The texts of every `element` in `xml`, with or without a namespace prefix.
+fn element_texts(xml: &str, element: &str) -> Vec<String> {
+    let mut texts = Vec::new();
+    let mut rest = xml;
+    while let Some(at) = rest.find(element) {
+        let before = &rest[..at];
+        let after = &rest[at + element.len()..];
+        rest = after;
+        // An opening tag: `<Element` or `<prefix:Element`, then `>` or attributes.
+        let opens = before.rsplit_once('<').is_some_and(|(_, name)| {
+            name.is_empty() || (name.ends_with(':') && !name.contains(['/', ' ', '>']))
+        });
+        if !opens || !after.starts_with(['>', ' ']) {
+            continue;
+        }
+        let Some(close) = after.find('>') else { break };
+        let content = &after[close + 1..];
+        let text = content.split('<').next().unwrap_or("").trim();
+        if !text.is_empty() && !after[..close].ends_with('/') {
+            texts.push(text.to_owned());
+        }
+    }
+    texts
+}
+
 /// Replaces the credential after `Bearer `.
 fn redact_bearer(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -457,7 +568,17 @@ fn redact_bearer(text: &str) -> String {
         let end = after
             .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
             .unwrap_or(after.len());
-        out.push_str(if end > 0 { "[token]" } else { "" });
+        let word = &after[..end];
+        // "Bearer token is required" names no credential, nor does an auth-param such as
+        // `error="invalid_token"`, nor a label put there before.
+        let plain_word = word.chars().all(char::is_alphabetic) && word.len() < PLAIN_WORD_LENGTH;
+        let auth_param = word.trim_end_matches('=').contains('=')
+            || (word.ends_with('=') && after[end..].starts_with('"'));
+        if word.is_empty() || plain_word || auth_param || word.starts_with('[') {
+            out.push_str(word);
+        } else {
+            out.push_str("[token]");
+        }
         rest = &after[end..];
     }
     out.push_str(rest);
@@ -603,6 +724,70 @@ mod tests {
             ["Jansen-de Vries", "Jansen", "Vries"]
         );
         assert_eq!(family_name_parts("Bos"), ["Bos"]);
+    }
+
+    #[test]
+    fn sbvz_messages_teach_their_personal_data() {
+        let redactor = Redactor::new();
+        redactor.learn_sbvz_xml(
+            "<s:Body><Persoon><ns1:Geslachtsnaam Afwijkend=\"false\">Zwanenburg</ns1:Geslachtsnaam>\
+             <Voornamen>Femke</Voornamen><Geboortedatum/><Postcode>1234AB</Postcode></Persoon>\
+             <Overlijden><DatumOverlijden>20261101</DatumOverlijden></Overlijden></s:Body>",
+        );
+        let shown = redactor.text("Zwanenburg Femke 1234AB died 20261101; GeslachtsnaamX");
+        for secret in ["Zwanenburg", "Femke", "1234AB", "20261101"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("GeslachtsnaamX"), "{shown}");
+    }
+
+    #[test]
+    fn name_parts_in_double_names_and_extensions_are_learned() {
+        let redactor = Redactor::new();
+        redactor.learn_json(&json!({"resourceType":"Patient","name":[{"family":"Zwanenburg-de Kroon",
+            "_family":{"extension":[{"url":"http://hl7.org/fhir/StructureDefinition/humanname-own-name","valueString":"Zwanenburg"}]}}]}));
+        redactor.learn_json(&json!({"resourceType":"Patient","name":[{"family":"van Dijk",
+            "_family":{"extension":[{"url":"http://hl7.org/fhir/StructureDefinition/humanname-own-prefix","valueString":"van"}]}}]}));
+        let shown =
+            redactor.text("Kroon and Zwanenburg; humanname-own-name stays; AdvanceDirective");
+        assert!(shown.contains("AdvanceDirective"), "{shown}");
+        assert!(
+            !shown.contains("Kroon") && !shown.contains("Zwanenburg"),
+            "{shown}"
+        );
+        assert!(shown.contains("humanname-own-name"), "{shown}");
+    }
+
+    #[test]
+    fn codes_times_uuids_and_words_after_bearer_are_not_taken_for_secrets() {
+        let redactor = Redactor::new();
+        // 123456782 passes the 11-proef.
+        let coding = json!({"system":"http://snomed.info/sct","code":"123456782"});
+        assert_eq!(redactor.json(&coding)["code"], "123456782");
+        for text in [
+            "at 2026-12-04T15:48:22.123456782Z",
+            "id 30e173e5-a674-42e2-8c08-7b123456782c",
+            "a valid Bearer token is required",
+        ] {
+            assert_eq!(redactor.text(text), text);
+        }
+        assert_eq!(redactor.text("bsn 123456782"), "bsn [bsn]");
+        assert_eq!(
+            redactor.text("Authorization: Bearer abcdefghijklmnop"),
+            "Authorization: Bearer [token]"
+        );
+    }
+
+    #[test]
+    fn authorization_headers_show_the_learned_token_label() {
+        let redactor = Redactor::new();
+        redactor.learn(Sensitive::Token, "abcdefghijklmnopqrstuvwxyz");
+        let learned = redactor.header("Authorization", "Bearer abcdefghijklmnopqrstuvwxyz");
+        assert!(learned.starts_with("Bearer [token-"), "{learned}");
+        assert_eq!(
+            redactor.header("authorization", "Bearer other"),
+            "Bearer [token]"
+        );
     }
 
     #[test]

@@ -628,6 +628,8 @@ fn learn_exchange_secrets(redactor: &Redactor, exchange: &crate::journal::Exchan
             .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
         {
             redactor.learn_form(&body.bytes);
+        } else if let Some(text) = body.text().filter(|t| t.contains("CIBG.SBV")) {
+            redactor.learn_sbvz_xml(&text);
         }
     }
     for (name, value) in &exchange.request.headers {

@@ -1042,6 +1042,25 @@ pub fn fixture_secrets() -> Vec<String> {
             for name in r["name"].as_array().into_iter().flatten() {
                 if let Some(family) = name["family"].as_str() {
                     secrets.push(family.to_owned());
+                    // Each part of a double name on its own ("Zwanenburg-de Kroon").
+                    for part in family.split([' ', '-']).filter(|p| p.len() >= 4) {
+                        secrets.push(part.to_owned());
+                    }
+                }
+                // The own name and partner name in the extensions of `_family` (not the
+                // prefixes such as "van", which are ordinary words).
+                for extension in name["_family"]["extension"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    let url = extension["url"].as_str().unwrap_or_default();
+                    if !url.ends_with("-name") {
+                        continue;
+                    }
+                    if let Some(part) = extension["valueString"].as_str() {
+                        secrets.push(part.to_owned());
+                    }
                 }
                 for given in name["given"].as_array().into_iter().flatten() {
                     secrets.push(given.as_str().unwrap().to_owned());
@@ -1049,10 +1068,14 @@ pub fn fixture_secrets() -> Vec<String> {
             }
             let birth = r["birthDate"].as_str().unwrap().to_owned();
             secrets.push(birth.replace('-', ""));
+            let dutch: Vec<&str> = birth.split('-').rev().collect();
+            secrets.push(dutch.join("-"));
             secrets.push(birth);
         }
     }
     secrets.retain(|s| s.len() >= 3);
+    secrets.sort();
+    secrets.dedup();
     assert!(
         secrets.len() >= 9,
         "fixtures hold BSNs, names and birth dates: {}",
