@@ -377,6 +377,25 @@ fn every_fault_switch_is_caught_by_its_named_check() {
     }
 }
 
+/// Cases that check one BSN at SBV-Z take turns; a case that waited for its turn with its
+/// notification token in hand (4 s on the embedded node) had it run out, and the node's
+/// right refusal was reported as the target's failure. A fault that slows those cases
+/// down made it show.
+#[test]
+fn no_notification_is_refused_for_a_token_that_ran_out_while_the_harness_waited() {
+    // Before the fix, two of three runs showed it.
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        run_into(dir.path(), &["--node-fault", "omit-authorization-base"]).code(1);
+        for failure in failures(&junit(dir.path())) {
+            assert!(
+                !failure.contains("access token has expired"),
+                "the harness let its own token run out: {failure}"
+            );
+        }
+    }
+}
+
 #[test]
 fn repeated_clean_runs_never_fail_falsely() {
     for _ in 0..5 {

@@ -379,6 +379,23 @@ impl CaseRun<'_> {
     }
 
     async fn notify(&mut self, step: &Step, settings: &NotifySettings) -> StepOutcome {
+        // Cases that check one BSN at SBV-Z take turns; the turn comes before the token,
+        // which must not run out while the case waits.
+        if settings.sbvz.is_some() {
+            let turn = {
+                let mut turns = lock(&self.ctx.sbvz_turns);
+                turns
+                    .entry(self.fixture.scope.bsn.clone())
+                    .or_default()
+                    .clone()
+            };
+            self.state.sbvz_turn = Some(turn.lock_owned().await);
+        }
+        if let Some(answer) = settings.sbvz
+            && let Err(problem) = self.teach_sbvz(answer)
+        {
+            return step_error(step, problem, Vec::new());
+        }
         let (token, token_exchange) = match self.notification_token().await {
             Ok(token) => token,
             Err((verdict, problem, id)) => {
@@ -434,21 +451,6 @@ impl CaseRun<'_> {
         });
         self.state.share = Some(share);
 
-        if settings.sbvz.is_some() {
-            let turn = {
-                let mut turns = lock(&self.ctx.sbvz_turns);
-                turns
-                    .entry(self.fixture.scope.bsn.clone())
-                    .or_default()
-                    .clone()
-            };
-            self.state.sbvz_turn = Some(turn.lock_owned().await);
-        }
-        if let Some(answer) = settings.sbvz
-            && let Err(problem) = self.teach_sbvz(answer)
-        {
-            return step_error(step, problem, vec![token_exchange]);
-        }
         let identifier = new_identifier();
         let spec = NotificationSpec {
             identifier: identifier.clone(),
