@@ -117,8 +117,8 @@ struct RunArgs {
     #[command(flatten)]
     plan: PlanArgs,
     /// Cases run at the same time (most time is spent waiting on the target).
-    #[arg(long, default_value_t = 16)]
-    jobs: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    jobs: u16,
     /// Where the per-phase reports go.
     #[arg(long, default_value = "reports")]
     reports: PathBuf,
@@ -447,6 +447,12 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
         Interactive::Never => false,
         Interactive::Auto => std::io::IsTerminal::is_terminal(&std::io::stdin()),
     };
+    if args.unredacted {
+        tell!(
+            "warning: --unredacted: reports and logs of this run keep BSNs, names, birth dates \
+             and tokens; keep them on this machine, and every report says so"
+        );
+    }
     let server_verification = if args.insecure_skip_verify {
         tell!(
             "warning: --insecure-skip-verify: the target's server certificate is NOT verified; \
@@ -457,7 +463,7 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
         ServerVerification::Verify
     };
     let options = RunOptions {
-        jobs: args.jobs,
+        jobs: usize::from(args.jobs),
         fail_fast: args.fail_fast,
         node_faults,
         unredacted: args.unredacted,

@@ -462,7 +462,7 @@ fn is_human_name_list(value: &Value) -> bool {
 }
 
 /// Replaces runs of exactly nine digits that pass the 11-proef.
-fn redact_bsn_like(text: &str) -> String {
+pub(crate) fn redact_bsn_like(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
@@ -477,7 +477,11 @@ fn redact_bsn_like(text: &str) -> String {
             // inside a word (a UUID's "7b123456782c").
             let fraction = text[..start].ends_with('.')
                 && text[..start.saturating_sub(1)].ends_with(|c: char| c.is_ascii_digit());
-            let in_word = text[..start].ends_with(|c: char| c.is_alphabetic())
+            let before = &text[..start];
+            let escaped = before.len() >= 3
+                && before.is_char_boundary(before.len() - 3)
+                && before[before.len() - 3..].starts_with('%');
+            let in_word = (before.ends_with(|c: char| c.is_alphabetic()) && !escaped)
                 || text[i..].starts_with(|c: char| c.is_alphabetic());
             if run.len() == 9 && !fraction && !in_word && Bsn::parse(run).is_ok() {
                 out.push_str("[bsn]");
@@ -772,6 +776,7 @@ mod tests {
             assert_eq!(redactor.text(text), text);
         }
         assert_eq!(redactor.text("bsn 123456782"), "bsn [bsn]");
+        assert_eq!(redactor.text("bsn%7C123456782&x"), "bsn%7C[bsn]&x");
         assert_eq!(
             redactor.text("Authorization: Bearer abcdefghijklmnop"),
             "Authorization: Bearer [token]"

@@ -73,6 +73,59 @@ fn unknown_filters_and_faults_are_input_errors() {
         .assert()
         .code(2);
     harness().args(["list", "--shard", "3/2"]).assert().code(2);
+    harness().args(["run", "--jobs", "0"]).assert().code(2);
+    for command in ["list", "run"] {
+        let output = harness()
+            .args([command, "--tag", "no-such-tag"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{command}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            stderr.contains("no-such-tag")
+                && stderr.contains("known tags:")
+                && stderr.contains("probe"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_filtered_run_leaves_the_reports_of_phases_it_did_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let earlier = dir.path().join("1-op-1");
+    std::fs::create_dir_all(&earlier).unwrap();
+    std::fs::write(earlier.join("junit.xml"), "earlier results").unwrap();
+    let output = harness()
+        .args(["run", "--progress", "never", "--tag", "probe", "--reports"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("in phase(s) technical-test\n"),
+        "probes run in the technical test only: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(earlier.join("junit.xml")).unwrap(),
+        "earlier results"
+    );
+    assert!(dir.path().join("technical-test/junit.xml").exists());
+}
+
+#[test]
+fn an_unredacted_run_warns_on_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = harness()
+        .args(["run", "--progress", "never", "--scenario", "known-patient"])
+        .args(["--phase", "technical-test", "--unredacted", "--reports"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("warning: --unredacted"), "{stderr}");
 }
 
 #[test]

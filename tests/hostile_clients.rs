@@ -318,7 +318,12 @@ impl Attack {
     /// The node still answers a normal request promptly.
     async fn assert_healthy(&self, after: &str) {
         let started = Instant::now();
-        let reply = send(self.harness.get(self.url("/health"))).await;
+        let mut reply = send(self.harness.get(self.url("/health"))).await;
+        if reply.is_err() {
+            // The pool may hand out a connection the node closed after refusing a request
+            // it did not read to the end; a second request opens a new one.
+            reply = send(self.harness.get(self.url("/health"))).await;
+        }
         assert!(
             matches!(&reply, Ok(r) if r.status == 200 && r.body == "ok"),
             "after {after} the node no longer answers /health: {reply:?}"
@@ -1515,7 +1520,6 @@ async fn a_slowloris_client_is_disconnected() {
 // The node's log after a pull that a sender refused.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a failed pull logs the search URL with only the notified BSN redacted; another BSN in a notified query lands in the log (node/puller.rs pull, `problem.replace(&notification.bsn, ..)`)"]
 async fn a_failed_pull_keeps_every_bsn_out_of_the_log() {
     let attack = Attack::start().await;
     // The harness's sender: tokens are fine, every search is refused.

@@ -211,7 +211,7 @@ impl Fault {
             Fault::AcceptForeignCa => "trusts client certificates from any CA",
             Fault::IgnoreRevocation => "accepts client certificates its CRLs list as revoked",
             Fault::AcceptExpiredCertificate => "accepts expired client certificates",
-            Fault::LogPatientData => "writes BSNs and patient names into its log",
+            Fault::LogPatientData => "writes patients' BSNs into its log",
         }
     }
 }

@@ -13,14 +13,18 @@ const KEPT_LINES: usize = 20_000;
 pub(crate) struct NodeLog {
     lines: Mutex<VecDeque<String>>,
     echo: bool,
+    /// Replace whatever looks like a BSN, also in a peer's text (a search URL).
+    withhold_bsns: bool,
 }
 
 impl NodeLog {
-    /// A log that also writes each line to stderr when `echo`.
-    pub fn new(echo: bool) -> Self {
+    /// A log that also writes each line to stderr when `echo`, and keeps BSNs out of its
+    /// lines when `withhold_bsns`.
+    pub fn new(echo: bool, withhold_bsns: bool) -> Self {
         Self {
             lines: Mutex::new(VecDeque::new()),
             echo,
+            withhold_bsns,
         }
     }
 
@@ -31,7 +35,13 @@ impl NodeLog {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         // One line per event: a peer's text cannot start a line of its own.
-        let line = format!("{stamp} {}", event.replace(['\n', '\r'], " "));
+        let event = event.replace(['\n', '\r'], " ");
+        let event = if self.withhold_bsns {
+            crate::redact::redact_bsn_like(&event)
+        } else {
+            event
+        };
+        let line = format!("{stamp} {event}");
         if self.echo {
             eprintln!("node: {line}");
         }

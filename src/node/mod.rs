@@ -254,6 +254,10 @@ impl ReferenceNode {
             .lenient(leniency)
             .map_err(std::io::Error::other)?;
         let tls = config.tls.clone();
+        let log = log::NodeLog::new(
+            config.log_to_stderr,
+            !config.faults.contains(&Fault::LogPatientData),
+        );
         let http = http_client(&ClientSettings {
             tls: Some(tls.client.clone()),
             ..ClientSettings::default()
@@ -262,7 +266,6 @@ impl ReferenceNode {
         let identity = &tls.client_identity;
         let signer = CertificateSigner::new(&identity.key, &identity.chain, None)
             .map_err(std::io::Error::other)?;
-        let log_to_stderr = config.log_to_stderr;
         let state = Arc::new(NodeState {
             validator: AssertionValidator::new(&format!("{base}/token"), 5, tls.chains.clone()),
             pull_validator: AssertionValidator::new(
@@ -278,7 +281,7 @@ impl ReferenceNode {
             inbox: Mutex::new(Vec::new()),
             notifications: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
-            log: log::NodeLog::new(log_to_stderr),
+            log,
             http,
             sbvz_http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))

@@ -103,7 +103,7 @@ impl Console {
             .iter()
             .filter(|c| c.verdict == Verdict::Fail || c.verdict == Verdict::Error)
         {
-            tell!("\n{} {}", case.verdict.label(), case.name);
+            tell!("\n{} {} in {}", case.verdict.label(), case.name, case.phase);
             for line in case.problems() {
                 tell!("    {line}");
             }

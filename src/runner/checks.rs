@@ -897,6 +897,9 @@ fn registration_follows_sbvz(evidence: &Evidence<'_>) -> CheckOutcome {
     }
 }
 
+/// How many line numbers a finding in the log names before "and N more".
+const SHOWN_LINES: usize = 5;
+
 /// Whether `line` holds `value`: anywhere for values of four characters or more, as a
 /// whole word for shorter ones (the family name "Bos", not "Bosch").
 fn mentions(line: &str, value: &str) -> bool {
@@ -944,12 +947,15 @@ pub(crate) fn log_free_of_patient_data(
             .enumerate()
             .filter(|(_, line)| values.iter().any(|value| mentions(line, value)))
             .map(|(n, _)| (n + 1).to_string())
-            .take(5)
             .collect();
         if !lines.is_empty() {
+            let more = match lines.len().saturating_sub(SHOWN_LINES) {
+                0 => String::new(),
+                more => format!(" and {more} more"),
+            };
             found.push(format!(
-                "{what} of the patient on line {}",
-                lines.join(", ")
+                "{what} of the patient on line {}{more}",
+                lines[..lines.len().min(SHOWN_LINES)].join(", ")
             ));
         }
     }

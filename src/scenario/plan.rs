@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::load::{InputError, load_phase, load_scenario, yaml_files};
-use super::model::{DepartmentSelection, Phase, Scenario};
+use super::model::{DepartmentSelection, Direction, Phase, Scenario};
 use super::target::Target;
 use crate::node::Department;
 
@@ -205,7 +205,24 @@ impl Plan {
             }
         }
 
-        let phases: Vec<Phase> = suite
+        for wanted in &filters.tags {
+            if !suite.scenarios.iter().any(|s| s.tags.contains(wanted)) {
+                let known: BTreeSet<&str> = suite
+                    .scenarios
+                    .iter()
+                    .flat_map(|s| s.tags.iter().map(String::as_str))
+                    .collect();
+                return Err(InputError::File {
+                    file: "--tag".to_owned(),
+                    message: format!(
+                        "no scenario has the tag `{wanted}`; known tags: {}",
+                        known.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+        }
+
+        let mut phases: Vec<Phase> = suite
             .phases
             .iter()
             .filter(|p| filters.phases.is_empty() || filters.phases.contains(&p.id))
@@ -232,10 +249,22 @@ impl Plan {
                                     department,
                                     target_department.id
                                 ),
-                                name: format!(
-                                    "{} [{}@{} → {}]",
-                                    scenario.id, department, counterpart.name, target_department.id
-                                ),
+                                name: match scenario.direction {
+                                    Direction::TargetReceives => format!(
+                                        "{} [{}@{} → {}]",
+                                        scenario.id,
+                                        department,
+                                        counterpart.name,
+                                        target_department.id
+                                    ),
+                                    Direction::TargetSends => format!(
+                                        "{} [{} → {}@{}]",
+                                        scenario.id,
+                                        target_department.id,
+                                        department,
+                                        counterpart.name
+                                    ),
+                                },
                                 phase: phase.id.clone(),
                                 environment: phase.environment,
                                 scenario: scenario.clone(),
@@ -259,6 +288,9 @@ impl Plan {
                 .map(|(_, c)| c)
                 .collect();
         }
+        // A phase without cases gets no report: an empty one would replace the results of
+        // an earlier run of that phase.
+        phases.retain(|p| cases.iter().any(|c| c.phase == p.id));
         Ok(Self { phases, cases })
     }
 }
