@@ -276,8 +276,23 @@ async fn a_client_refuses_a_server_outside_its_trusted_ca() {
 }
 
 /// POSTs a token request with `assertion` and returns the status and body.
-async fn token_request(client: &RecordingClient, url: &str, assertion: &str) -> (u16, String) {
-    let form = token_request_form(assertion, assertion, Some("ab-unknown"));
+async fn token_request(
+    client: &RecordingClient,
+    url: &str,
+    assertion: &str,
+    own: &TlsSettings,
+) -> (u16, String) {
+    // A good authorization assertion of the caller's own care provider (its own jti).
+    let identity = &own.client_identity;
+    let signer = CertificateSigner::new(&identity.key, &identity.chain, None).unwrap();
+    let ura = identity
+        .chain
+        .first()
+        .and_then(bgz_harness::transport::subject_serial_number)
+        .unwrap();
+    let authorization =
+        encode_jwt(&AssertionClaims::new(&ura, url, unix_now(), 60), &signer).unwrap();
+    let form = token_request_form(assertion, &authorization, Some("ab-unknown"));
     let request = Outgoing::with_body(
         reqwest::Method::POST,
         url,
@@ -380,7 +395,7 @@ async fn both_token_endpoints_verify_assertion_signatures() {
         assert!(url.starts_with("https://"), "{url}");
         let client = client(Some(own), &journal);
         for (name, assertion, refusal) in assertions(&pki, &url, own) {
-            let (status, body) = token_request(&client, &url, &assertion).await;
+            let (status, body) = token_request(&client, &url, &assertion, own).await;
             match refusal {
                 Some(phrase) => {
                     assert_eq!(status, 400, "{url} {name}: {body}");

@@ -69,21 +69,30 @@ pub struct NodeConfig {
     pub crl_refresh: Option<std::time::Duration>,
 }
 
-/// An access token the node issued: until when, and to which organisation (the URA of the
-/// client certificate it was requested with).
+/// An access token the node issued: until when, to which client (the URA of the client
+/// certificate it was requested with) and for which care provider (the `sub` of the
+/// authorization assertion).
 #[derive(Debug, Clone)]
 pub(crate) struct Issued {
     pub expires: i64,
     pub client: Option<String>,
+    pub care_provider: String,
 }
 
 impl Issued {
-    fn new(state: &NodeState, peer: &PeerCertificates) -> Self {
+    fn new(state: &NodeState, peer: &PeerCertificates, care_provider: String) -> Self {
         Self {
             expires: crate::protocol::token::unix_now() + state.token_lifetime_s(),
             client: peer.ura(),
+            care_provider,
         }
     }
+}
+
+/// Why a token request was refused: the RFC 6749 error code and a description.
+pub(crate) struct TokenRefusal {
+    pub error: &'static str,
+    pub description: String,
 }
 
 /// One referral as filed in a department's inbox.
@@ -182,23 +191,71 @@ impl NodeState {
         None
     }
 
-    /// Validates a client assertion, relaxed by the switched-on token faults.
+    /// Validates an assertion, relaxed by the switched-on token faults; its claims.
     fn check_assertion(
         &self,
         validator: &AssertionValidator,
         assertion: &str,
         presented: &[rustls::pki_types::CertificateDer<'static>],
-    ) -> Result<(), String> {
-        use crate::protocol::token::AssertionError;
+    ) -> Result<crate::protocol::token::AssertionClaims, String> {
+        use crate::protocol::token::{AssertionError, decode_jwt};
+        let excused = |e: &AssertionError| match e {
+            AssertionError::Audience { .. } => self.has(Fault::IgnoreAudience),
+            AssertionError::Replayed => self.has(Fault::AcceptReplayedAssertion),
+            AssertionError::Expired { .. } => self.has(Fault::AcceptExpiredAssertion),
+            _ => false,
+        };
         match validator.validate(assertion, crate::protocol::token::unix_now(), presented) {
-            Ok(_) => Ok(()),
-            Err(AssertionError::Audience { .. }) if self.has(Fault::IgnoreAudience) => Ok(()),
-            Err(AssertionError::Replayed) if self.has(Fault::AcceptReplayedAssertion) => Ok(()),
-            Err(AssertionError::Expired { .. }) if self.has(Fault::AcceptExpiredAssertion) => {
-                Ok(())
-            }
+            Ok(claims) => Ok(claims),
+            Err(e) if excused(&e) => decode_jwt(assertion)
+                .map(|(_, claims)| claims)
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Checks a token request (protocol.md §3): the grant type, the client assertion, a
+    /// client certificate that names its organisation, and the authorization assertion.
+    /// Answers the care provider the authorization assertion names (its `sub`).
+    fn check_token_request(
+        &self,
+        validator: &AssertionValidator,
+        form: &[(String, String)],
+        peer: &PeerCertificates,
+    ) -> Result<String, TokenRefusal> {
+        use crate::protocol::token::{GRANT_TYPE, form_value};
+        let refuse = |error, description: String| TokenRefusal { error, description };
+        if form_value(form, "grant_type") != Some(GRANT_TYPE) {
+            return Err(refuse(
+                "unsupported_grant_type",
+                "grant_type must be the JWT bearer grant".into(),
+            ));
+        }
+        let Some(client) = form_value(form, "client_assertion") else {
+            return Err(refuse(
+                "invalid_client",
+                "client_assertion is missing".into(),
+            ));
+        };
+        self.check_assertion(validator, client, &peer.0)
+            .map_err(|e| refuse("invalid_client", e))?;
+        if peer.ura().is_none() && !self.has(Fault::AcceptTokenOfAnotherClient) {
+            return Err(refuse(
+                "invalid_client",
+                "the client certificate names no organisation (no URA in its subject serialNumber)"
+                    .into(),
+            ));
+        }
+        let Some(authorization) = form_value(form, "assertion") else {
+            return Err(refuse(
+                "invalid_request",
+                "the authorization assertion (`assertion`) is missing".into(),
+            ));
+        };
+        let claims = self
+            .check_assertion(validator, authorization, &peer.0)
+            .map_err(|e| refuse("invalid_grant", format!("the authorization assertion: {e}")))?;
+        Ok(claims.sub)
     }
 
     /// True when the referral of this notification was cancelled.

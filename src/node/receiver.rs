@@ -17,9 +17,7 @@ use crate::fhir::media::{FHIR_JSON, is_fhir_json};
 use crate::fhir::outcome::operation_outcome;
 use crate::node::faults::Fault;
 use crate::protocol::notification::read_notification;
-use crate::protocol::token::{
-    GRANT_TYPE, TokenResponse, form_value, opaque_token, parse_form, token_error,
-};
+use crate::protocol::token::{TokenResponse, opaque_token, parse_form, token_error};
 use crate::transport::PeerCertificates;
 
 pub(super) fn router(state: Arc<NodeState>) -> Router {
@@ -56,29 +54,23 @@ async fn token(
     body: Bytes,
 ) -> Response {
     let form = parse_form(&body);
-    let error =
-        |e: &str, d: &str| (StatusCode::BAD_REQUEST, Json(token_error(e, d))).into_response();
-    if form_value(&form, "grant_type") != Some(GRANT_TYPE) {
-        return error(
-            "unsupported_grant_type",
-            "grant_type must be the JWT bearer grant",
-        );
-    }
-    let Some(assertion) = form_value(&form, "client_assertion") else {
-        return error("invalid_client", "client_assertion is missing");
-    };
     let presented = peer.map(|Extension(p)| p).unwrap_or_default();
-    if let Err(e) = state.check_assertion(&state.validator, assertion, &presented.0) {
-        state
-            .log
-            .write(&format!("refused a notification token request: {e}"));
-        return error("invalid_client", &e);
-    }
+    let care_provider = match state.check_token_request(&state.validator, &form, &presented) {
+        Ok(care_provider) => care_provider,
+        Err(refusal) => {
+            state.log.write(&format!(
+                "refused a notification token request: {}",
+                refusal.description
+            ));
+            return token_refused(&refusal);
+        }
+    };
     let access_token = opaque_token("nt");
-    let issued = Issued::new(&state, &presented);
+    let issued = Issued::new(&state, &presented, care_provider);
     state.log.write(&format!(
-        "issued a notification token to URA {}",
-        issued.client.as_deref().unwrap_or("(none)")
+        "issued a notification token to URA {} for care provider {}",
+        issued.client.as_deref().unwrap_or("(none)"),
+        issued.care_provider
     ));
     lock(&state.tokens).insert(access_token.clone(), issued);
     Json(TokenResponse {
@@ -89,32 +81,60 @@ async fn token(
     .into_response()
 }
 
+/// `400` with the RFC 6749 error body of a refused token request.
+pub(super) fn token_refused(refusal: &super::TokenRefusal) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(token_error(refusal.error, &refusal.description)),
+    )
+        .into_response()
+}
+
+/// The credential of a `Bearer` Authorization header; the scheme is case-insensitive
+/// (RFC 7235 §2.1).
+pub(super) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(credential.trim())
+}
+
 /// Refuses a request whose Bearer token the node did not issue, has expired, or was issued
-/// to another organisation: `401` with `WWW-Authenticate` and an OperationOutcome.
+/// to another organisation: `401` with `WWW-Authenticate` and an OperationOutcome. Answers
+/// the token's grant (none when the `accept-any-token` weakness lets anything through).
 fn check_bearer(
     state: &NodeState,
     headers: &HeaderMap,
     peer: &PeerCertificates,
-) -> Result<(), Box<Response>> {
+) -> Result<Option<Issued>, Box<Response>> {
     if state.has(Fault::AcceptAnyToken) {
-        return Ok(());
+        return Ok(None);
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let issued = token.and_then(|t| lock(&state.tokens).get(t.trim()).cloned());
+    let issued = bearer_token(headers).and_then(|t| lock(&state.tokens).get(t).cloned());
     let refusal = match &issued {
         None => Some("a valid Bearer token is required"),
         Some(issued) => state.token_refusal(issued, peer),
     };
     match refusal {
-        None => Ok(()),
+        None => Ok(issued),
         Some(reason) => {
             state.log.write(&format!("refused a request: {reason}"));
             Err(Box::new(unauthorized(reason)))
         }
     }
+}
+
+/// `403` when a token granted for one care provider acts for another.
+fn acting_for_another(issued: Option<&Issued>, care_provider: Option<&str>) -> Option<Response> {
+    let issued = issued?;
+    (care_provider != Some(issued.care_provider.as_str())).then(|| {
+        outcome(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the access token was granted for another care provider than the one this Task names",
+        )
+    })
 }
 
 /// `401` with `WWW-Authenticate: Bearer error="invalid_token"` and an OperationOutcome.
@@ -134,9 +154,10 @@ async fn notification(
     body: Bytes,
 ) -> Response {
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
-    if let Err(response) = check_bearer(&state, &headers, &peer) {
-        return *response;
-    }
+    let issued = match check_bearer(&state, &headers, &peer) {
+        Ok(issued) => issued,
+        Err(response) => return *response,
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -168,6 +189,14 @@ async fn notification(
             return outcome(StatusCode::BAD_REQUEST, "invalid", &problems.join("; "));
         }
     };
+    let on_behalf_of = received.on_behalf_of.as_ref().map(|i| i.value.as_str());
+    if let Some(refused) = acting_for_another(issued.as_ref(), on_behalf_of) {
+        state.log.write(&format!(
+            "refused notification {}: its requester.onBehalfOf is not the token's care provider",
+            received.identifier.value
+        ));
+        return refused;
+    }
 
     let department = match &received.owner {
         None => state.config.departments.first().map(|d| d.id.clone()),
@@ -253,9 +282,10 @@ async fn cancellation(
     body: Bytes,
 ) -> Response {
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
-    if let Err(response) = check_bearer(&state, &headers, &peer) {
-        return *response;
-    }
+    let issued = match check_bearer(&state, &headers, &peer) {
+        Ok(issued) => issued,
+        Err(response) => return *response,
+    };
     let params =
         crate::fhir::search::parse_query(query.as_deref().unwrap_or_default()).unwrap_or_default();
     let Some((system, value)) = params
@@ -295,6 +325,18 @@ async fn cancellation(
         );
     }
 
+    // Only the care provider that notified may cancel (protocol.md §7).
+    let notifier = lock(&state.notifications)
+        .get(value)
+        .and_then(|(n, _)| n.on_behalf_of.as_ref().map(|i| i.value.clone()));
+    if let Some(notifier) = notifier
+        && let Some(refused) = acting_for_another(issued.as_ref(), Some(&notifier))
+    {
+        state.log.write(&format!(
+            "refused a cancellation of notification {value}: the token's care provider did not notify it"
+        ));
+        return refused;
+    }
     state
         .log
         .write(&format!("received a cancellation of notification {value}"));

@@ -31,8 +31,8 @@ use crate::protocol::notification::{
     new_identifier,
 };
 use crate::protocol::token::{
-    AssertionClaims, GRANT_TYPE, TokenResponse, encode_jwt, form_value, opaque_token, parse_form,
-    token_error, token_request_form, unix_now,
+    AssertionClaims, TokenResponse, encode_jwt, form_value, opaque_token, parse_form, token_error,
+    token_request_form, unix_now,
 };
 use crate::transport::PeerCertificates;
 
@@ -302,19 +302,17 @@ pub(super) async fn pull_token(
     let form = parse_form(&body);
     let error =
         |e: &str, d: &str| (StatusCode::BAD_REQUEST, Json(token_error(e, d))).into_response();
-    if form_value(&form, "grant_type") != Some(GRANT_TYPE) {
-        return error(
-            "unsupported_grant_type",
-            "grant_type must be the JWT bearer grant",
-        );
-    }
-    let Some(assertion) = form_value(&form, "client_assertion") else {
-        return error("invalid_client", "client_assertion is missing");
-    };
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
-    if let Err(e) = state.check_assertion(&state.pull_validator, assertion, &peer.0) {
-        return error("invalid_client", &e);
-    }
+    let care_provider = match state.check_token_request(&state.pull_validator, &form, &peer) {
+        Ok(care_provider) => care_provider,
+        Err(refusal) => {
+            state.log.write(&format!(
+                "refused a pull token request: {}",
+                refusal.description
+            ));
+            return super::receiver::token_refused(&refusal);
+        }
+    };
     let Some(base) = form_value(&form, "authorization_base") else {
         return error("invalid_grant", "authorization_base is missing");
     };
@@ -325,8 +323,18 @@ pub(super) async fn pull_token(
     if offer.revoked.load(std::sync::atomic::Ordering::SeqCst) {
         return error("invalid_grant", "the authorization base was revoked");
     }
+    // Only the notified care provider redeems the authorization base.
+    if care_provider != offer.receiver.receiver_ura {
+        state.log.write(
+            "refused a pull token request: the authorization base was issued to another care provider",
+        );
+        return error(
+            "invalid_grant",
+            "the authorization base was issued to another care provider",
+        );
+    }
     let access_token = opaque_token("pt");
-    let issued = super::Issued::new(&state, &peer);
+    let issued = super::Issued::new(&state, &peer, care_provider);
     state.log.write(&format!(
         "issued a pull token to URA {} for {}",
         issued.client.as_deref().unwrap_or("(none)"),
@@ -347,11 +355,7 @@ fn authorize(
     peer: Option<Extension<PeerCertificates>>,
 ) -> Result<Arc<Offer>, Box<Response>> {
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let token = super::receiver::bearer_token(headers);
     let grant = token.and_then(|t| lock(&state.sender.grants).get(t).cloned());
     let Some((offer, issued)) = grant else {
         return Err(Box::new(super::receiver::unauthorized(
