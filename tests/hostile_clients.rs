@@ -660,7 +660,6 @@ async fn a_replayed_jti_is_refused_after_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: an assertion with exp years ahead (and iat years back) is accepted; no upper bound on its lifetime (protocol/token.rs AssertionValidator::validate)"]
 async fn an_assertion_living_for_years_is_refused() {
     let attack = Attack::start().await;
     let aud = attack.url("/token");
@@ -1480,7 +1479,6 @@ async fn many_idle_connections_do_not_starve_a_normal_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the node sets no header-read or idle timeout (transport/tls.rs serve_tls: http1::Builder without timer); a client sending its head one byte per second holds the connection forever"]
 async fn a_slowloris_client_is_disconnected() {
     let attack = Attack::start().await;
     let mut stream = raw_tls(&attack.node.addr).await;

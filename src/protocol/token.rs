@@ -9,7 +9,7 @@
 //! configured CA (the `x5c` header when present, otherwise the TLS client certificate of
 //! the connection the request came in on), then checks the claims.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
 
@@ -323,6 +323,10 @@ pub enum AssertionError {
     Expired { exp: i64, now: i64, leeway: i64 },
     #[error("the assertion is issued in the future (iat {iat}, now {now}, leeway {leeway}s)")]
     Future { iat: i64, now: i64, leeway: i64 },
+    #[error(
+        "the assertion claims to live {lifetime} s (exp − iat); at most {MAX_ASSERTION_LIFETIME_S} s is accepted"
+    )]
+    Lifetime { lifetime: i64 },
     #[error("iss and sub differ")]
     IssSub,
     #[error("the jti was used before")]
@@ -366,8 +370,13 @@ pub struct AssertionValidator {
     pub audience: String,
     pub leeway_s: i64,
     chains: ChainVerifier,
-    seen_jti: Mutex<HashSet<String>>,
+    /// Each `jti` seen, with the `exp` of its assertion; kept until that has passed.
+    seen_jti: Mutex<HashMap<String, i64>>,
 }
+
+/// The longest lifetime (`exp` − `iat`) an assertion may claim: the agreement's
+/// assertions live 60 s (protocol.md §3); one that lives for hours is a reusable credential.
+pub const MAX_ASSERTION_LIFETIME_S: i64 = 300;
 
 impl AssertionValidator {
     /// A validator for assertions addressed to `audience`, signed with a key whose
@@ -377,7 +386,7 @@ impl AssertionValidator {
             audience: audience.to_owned(),
             leeway_s,
             chains,
-            seen_jti: Mutex::new(HashSet::new()),
+            seen_jti: Mutex::new(HashMap::new()),
         }
     }
 
@@ -415,8 +424,15 @@ impl AssertionValidator {
         if claims.iss != claims.sub {
             return Err(AssertionError::IssSub);
         }
+        if claims.exp.saturating_sub(claims.iat) > MAX_ASSERTION_LIFETIME_S {
+            return Err(AssertionError::Lifetime {
+                lifetime: claims.exp.saturating_sub(claims.iat),
+            });
+        }
         let mut seen = self.seen_jti.lock().unwrap_or_else(|e| e.into_inner());
-        if !seen.insert(claims.jti.clone()) {
+        // An expired assertion is refused anyway: its jti need not be kept.
+        seen.retain(|_, exp| *exp + self.leeway_s >= now);
+        if seen.insert(claims.jti.clone(), claims.exp).is_some() {
             return Err(AssertionError::Replayed);
         }
         Ok(claims)
@@ -669,6 +685,33 @@ mod tests {
             let jwt = encode_jwt(&claims, &with_x5c).unwrap();
             assert_eq!(validator.validate(&jwt, now, &[]), Ok(claims), "{alg} x5c");
         }
+    }
+
+    #[test]
+    fn long_lived_assertions_are_refused_and_spent_jtis_are_forgotten() {
+        let keys = keys();
+        let validator = AssertionValidator::new(AUDIENCE, 5, keys.chains.clone());
+        let now = unix_now();
+        let sign = |claims: &AssertionClaims| encode_jwt(claims, &signer(&keys.rsa)).unwrap();
+        let mut long = AssertionClaims::new("client", AUDIENCE, now, MAX_ASSERTION_LIFETIME_S + 1);
+        long.iat = now;
+        assert_eq!(
+            validator.validate(&sign(&long), now, &keys.rsa.1),
+            Err(AssertionError::Lifetime {
+                lifetime: MAX_ASSERTION_LIFETIME_S + 1
+            })
+        );
+        let short = sign(&AssertionClaims::new("client", AUDIENCE, now, 60));
+        assert!(validator.validate(&short, now, &keys.rsa.1).is_ok());
+        assert_eq!(
+            validator.validate(&short, now + 30, &keys.rsa.1),
+            Err(AssertionError::Replayed)
+        );
+        // Later, the first jti has expired and is forgotten; the set stays small.
+        let later = now + 120;
+        let fresh = sign(&AssertionClaims::new("client", AUDIENCE, later, 60));
+        assert!(validator.validate(&fresh, later, &keys.rsa.1).is_ok());
+        assert_eq!(validator.seen_jti.lock().unwrap().len(), 1);
     }
 
     #[test]

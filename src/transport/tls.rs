@@ -30,6 +30,9 @@ use tower_service::Service;
 
 /// Longest a peer may take to finish the TLS handshake after connecting.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer may take to send a request's head; a slower one (one byte a second)
+/// loses its connection instead of holding it.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where PEM text comes from: a file, or an environment variable (`env:NAME`) so that
 /// secrets never sit in a target file. Shown as the path or `env:NAME`, never the contents.
@@ -851,6 +854,8 @@ pub(crate) async fn serve_tls(listener: TcpListener, router: Router, tls: Server
                     async move { router.call(request).await }
                 });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
