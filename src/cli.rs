@@ -591,6 +591,16 @@ fn certs_command(out: &Path, target: Option<&Path>) -> u8 {
     }
 }
 
+/// The URA of the harness's client certificate in the PKI folder `dir`: the operator whose
+/// certificates may use the node's control and inspection APIs.
+fn operator_ura(dir: &Path) -> Option<String> {
+    let path = PkiFiles::at(dir).path(crate::pki::PkiFile::HarnessClient);
+    crate::transport::load_certificates(&crate::transport::PemSource::File(path))
+        .ok()?
+        .first()
+        .and_then(crate::transport::subject_serial_number)
+}
+
 /// The node's TLS settings from the PKI in `dir`, generating one there when it is missing.
 fn node_tls(dir: &Path, target: &Target) -> Result<TlsSettings, String> {
     let files = PkiFiles::at(dir);
@@ -694,6 +704,7 @@ async fn serve_command(
         token_lifetime: target.protocol.access_token_lifetime,
         log_to_stderr: true,
         crl_refresh: Some(target.protocol.crl_refresh),
+        operator: operator_ura(&root.join(certs)),
     })
     .await
     {

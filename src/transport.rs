@@ -22,8 +22,8 @@ mod tls;
 
 pub use tls::{
     ChainVerifier, ClientTls, Leniency, PeerCertificates, PemSource, ServerTls, ServerVerification,
-    TaskGuard, TlsError, TlsFiles, TlsIdentity, TlsSettings, TlsVersions, load_identity,
-    subject_serial_number,
+    TaskGuard, TlsError, TlsFiles, TlsIdentity, TlsSettings, TlsVersions, load_certificates,
+    load_identity, subject_serial_number,
 };
 
 /// Largest body the harness reads from a peer; a larger one is an error, never truncated.

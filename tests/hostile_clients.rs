@@ -1575,7 +1575,6 @@ async fn a_failed_pull_keeps_every_bsn_out_of_the_log() {
 // The control and inspection APIs.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug (or an undocumented design choice): the control and inspection APIs accept any client certificate of the PKI; another organisation makes the node send it a patient's BgZ and reads the inbox's BSNs (node/receiver.rs router)"]
 async fn the_control_and_inspection_apis_refuse_another_organisation() {
     let attack = Attack::start().await;
     let receiver = HostileServer::start(|seen: &Seen| -> Wire {

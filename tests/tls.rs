@@ -374,6 +374,7 @@ async fn both_token_endpoints_verify_assertion_signatures() {
         token_lifetime: std::time::Duration::from_secs(300),
         log_to_stderr: false,
         crl_refresh: None,
+        operator: None,
     })
     .await
     .unwrap();

@@ -67,6 +67,9 @@ pub struct NodeConfig {
     pub log_to_stderr: bool,
     /// How often the node re-reads its CRLs (never when `None`).
     pub crl_refresh: Option<std::time::Duration>,
+    /// The URA whose client certificates may use the control and inspection APIs (the
+    /// harness's); `None` lets any client certificate of the trusted CA in.
+    pub operator: Option<String>,
 }
 
 /// An access token the node issued: until when, to which client (the URA of the client

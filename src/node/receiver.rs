@@ -21,19 +21,52 @@ use crate::protocol::token::{TokenResponse, opaque_token, parse_form, token_erro
 use crate::transport::PeerCertificates;
 
 pub(super) fn router(state: Arc<NodeState>) -> Router {
-    Router::new()
-        .route("/token", post(token))
-        .route("/fhir/Task", post(notification).put(cancellation))
+    // The test hooks: only the operator (the harness) may make the node send, or read what
+    // it received and logged.
+    let operator = Router::new()
         .route("/inspect/inbox", get(inbox))
         .route("/inspect/log", get(log_text))
         .route("/control/senders", post(register_sender))
         .route("/control/send", post(sender::control_send))
         .route("/control/cancel", post(sender::control_cancel))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            operator_only,
+        ));
+    Router::new()
+        .merge(operator)
+        .route("/token", post(token))
+        .route("/fhir/Task", post(notification).put(cancellation))
         .route("/sender/token", post(sender::pull_token))
         .route("/sender/fhir/{rtype}", get(sender::search))
         .route("/sender/fhir/{rtype}/{id}", get(sender::read))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
+}
+
+/// Lets only a client certificate of the operator's URA through to the test hooks.
+async fn operator_only(
+    State(state): State<Arc<NodeState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(operator) = &state.config.operator {
+        let ura = request
+            .extensions()
+            .get::<PeerCertificates>()
+            .and_then(PeerCertificates::ura);
+        if ura.as_ref() != Some(operator) {
+            state
+                .log
+                .write("refused a control or inspection request from another organisation");
+            return (
+                StatusCode::FORBIDDEN,
+                Json(json!({ "error": "the control and inspection APIs are the operator's (the harness's client certificate)" })),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 fn fhir(status: StatusCode, body: &Value) -> Response {

@@ -331,6 +331,11 @@ pub async fn prepare(
                 log_to_stderr: false,
                 // Its PKI lives only as long as loading it: nothing to re-read.
                 crl_refresh: None,
+                operator: harness_tls
+                    .client_identity
+                    .chain
+                    .first()
+                    .and_then(crate::transport::subject_serial_number),
             })
             .await
             .map_err(|source| SetupError::Bind {

@@ -347,7 +347,7 @@ fn parse_error(source: &PemSource, reason: impl Into<String>) -> TlsError {
     }
 }
 
-fn load_certificates(source: &PemSource) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn load_certificates(source: &PemSource) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = source.read()?;
     let certificates = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
