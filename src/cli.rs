@@ -224,9 +224,10 @@ async fn dispatch(cli: Cli) -> u8 {
         Command::Node {
             command: NodeCommand::Faults { verbose },
         } => {
+            let width = Fault::ALL.iter().map(|f| f.name().len()).max().unwrap_or(0);
             for fault in Fault::ALL {
                 if verbose {
-                    say!("{:<24} {}", fault.name(), fault.effect());
+                    say!("{:<width$}  {}", fault.name(), fault.effect());
                 } else {
                     say!("{}", fault.name());
                 }

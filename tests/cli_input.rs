@@ -145,6 +145,17 @@ fn node_faults_lists_one_name_per_line() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(stdout.lines().count() >= 9);
     assert!(stdout.lines().all(|l| !l.contains(' ')));
+    // --verbose: the descriptions start in one column, after the longest name.
+    let verbose = harness()
+        .args(["node", "faults", "--verbose"])
+        .output()
+        .unwrap();
+    let verbose = String::from_utf8(verbose.stdout).unwrap();
+    let columns: std::collections::BTreeSet<usize> = verbose
+        .lines()
+        .map(|l| l.find("  ").unwrap() + l[l.find("  ").unwrap()..].find(|c| c != ' ').unwrap())
+        .collect();
+    assert_eq!(columns.len(), 1, "{verbose}");
 }
 
 #[test]
