@@ -107,7 +107,7 @@ fn skipping_server_verification_warns_and_marks_every_report() {
 
 /// Each fault, the scenario that exposes it, the check it must trip, and a phrase its
 /// message must contain.
-const FAULTS: [(&str, &str, &str, &str); 39] = [
+const FAULTS: [(&str, &str, &str, &str); 42] = [
     (
         "no-location",
         "known-patient",
@@ -341,6 +341,24 @@ const FAULTS: [(&str, &str, &str, &str); 39] = [
         "probe-log-free-of-patient-data",
         "log-free-of-patient-data",
         "the BSN of the patient on line",
+    ),
+    (
+        "ignore-authorization-assertion",
+        "probe-token-without-authorization-assertion",
+        "probe-refused",
+        "accepted the probe",
+    ),
+    (
+        "accept-any-requester",
+        "probe-notify-on-behalf-of-another",
+        "probe-refused",
+        "accepted the probe",
+    ),
+    (
+        "accept-base-from-anyone",
+        "probe-pull-token-for-another-care-provider",
+        "probe-refused",
+        "accepted the probe",
     ),
 ];
 

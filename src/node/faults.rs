@@ -80,11 +80,17 @@ pub enum Fault {
     AcceptExpiredCertificate,
     /// Writes BSNs and names into its log.
     LogPatientData,
+    /// Issues tokens without checking the authorization assertion.
+    IgnoreAuthorizationAssertion,
+    /// Accepts a notification on behalf of any care provider, whatever its token's.
+    AcceptAnyRequester,
+    /// As sender, lets any care provider redeem an authorization base.
+    AcceptBaseFromAnyone,
 }
 
 impl Fault {
     /// Every fault, in the order `node faults` lists them.
-    pub const ALL: [Fault; 36] = [
+    pub const ALL: [Fault; 39] = [
         Fault::NoLocation,
         Fault::OmitAuthorizationBase,
         Fault::SkipWorkflowTask,
@@ -121,6 +127,9 @@ impl Fault {
         Fault::IgnoreRevocation,
         Fault::AcceptExpiredCertificate,
         Fault::LogPatientData,
+        Fault::IgnoreAuthorizationAssertion,
+        Fault::AcceptAnyRequester,
+        Fault::AcceptBaseFromAnyone,
     ];
 
     /// The name used on the command line.
@@ -162,6 +171,9 @@ impl Fault {
             Fault::IgnoreRevocation => "ignore-revocation",
             Fault::AcceptExpiredCertificate => "accept-expired-certificate",
             Fault::LogPatientData => "log-patient-data",
+            Fault::IgnoreAuthorizationAssertion => "ignore-authorization-assertion",
+            Fault::AcceptAnyRequester => "accept-any-requester",
+            Fault::AcceptBaseFromAnyone => "accept-base-from-anyone",
         }
     }
 
@@ -212,6 +224,15 @@ impl Fault {
             Fault::IgnoreRevocation => "accepts client certificates its CRLs list as revoked",
             Fault::AcceptExpiredCertificate => "accepts expired client certificates",
             Fault::LogPatientData => "writes patients' BSNs into its log",
+            Fault::IgnoreAuthorizationAssertion => {
+                "issues tokens without checking the authorization assertion"
+            }
+            Fault::AcceptAnyRequester => {
+                "accepts a notification on behalf of another care provider than its token's"
+            }
+            Fault::AcceptBaseFromAnyone => {
+                "as sender, lets any care provider redeem an authorization base"
+            }
         }
     }
 }

@@ -249,6 +249,10 @@ impl NodeState {
                     .into(),
             ));
         }
+        if self.has(Fault::IgnoreAuthorizationAssertion) {
+            // The weakness: whatever `assertion` holds, the certificate's organisation acts.
+            return Ok(peer.ura().unwrap_or_default());
+        }
         let Some(authorization) = form_value(form, "assertion") else {
             return Err(refuse(
                 "invalid_request",

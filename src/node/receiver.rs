@@ -223,7 +223,9 @@ async fn notification(
         }
     };
     let on_behalf_of = received.on_behalf_of.as_ref().map(|i| i.value.as_str());
-    if let Some(refused) = acting_for_another(issued.as_ref(), on_behalf_of) {
+    if let Some(refused) = acting_for_another(issued.as_ref(), on_behalf_of)
+        && !state.has(Fault::AcceptAnyRequester)
+    {
         state.log.write(&format!(
             "refused notification {}: its requester.onBehalfOf is not the token's care provider",
             received.identifier.value

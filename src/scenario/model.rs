@@ -194,6 +194,12 @@ pub enum ProbeAttack {
     SearchAfterCancel,
     /// After the target cancelled: ask for a new pull token with the authorization base.
     TokenAfterCancel,
+    /// Ask the target's token endpoint without the authorization assertion.
+    TokenWithoutAuthorizationAssertion,
+    /// Notify on behalf of another care provider than the token was granted for.
+    NotifyOnBehalfOfAnother,
+    /// Redeem the authorization base for another care provider than the notified one.
+    PullTokenForAnotherCareProvider,
 }
 
 impl ProbeAttack {
@@ -211,7 +217,9 @@ impl ProbeAttack {
             | ProbeAttack::NotifyWithTokenOfAnotherClient
             | ProbeAttack::ClientCertForeignCa
             | ProbeAttack::ClientCertExpired
-            | ProbeAttack::ClientCertRevoked => Direction::TargetReceives,
+            | ProbeAttack::ClientCertRevoked
+            | ProbeAttack::TokenWithoutAuthorizationAssertion
+            | ProbeAttack::NotifyOnBehalfOfAnother => Direction::TargetReceives,
             _ => Direction::TargetSends,
         }
     }

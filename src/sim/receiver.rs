@@ -174,14 +174,28 @@ async fn token(
             "client_assertion is missing",
         );
     };
+    let presented = peer.map(|Extension(p)| p.0).unwrap_or_default();
     if let Some(validator) = state.validator.get()
-        && let Err(e) = validator.validate(
-            assertion,
-            unix_now(),
-            &peer.map(|Extension(p)| p.0).unwrap_or_default(),
-        )
+        && let Err(e) = validator.validate(assertion, unix_now(), &presented)
     {
         return answer(StatusCode::BAD_REQUEST, "invalid_client", &e.to_string());
+    }
+    // The authorization assertion (protocol.md §3), held to the same rules.
+    let Some(authorization) = form_value(&form, "assertion") else {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the authorization assertion (`assertion`) is missing",
+        );
+    };
+    if let Some(validator) = state.validator.get()
+        && let Err(e) = validator.validate(authorization, unix_now(), &presented)
+    {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            &format!("the authorization assertion: {e}"),
+        );
     }
     let access_token = opaque_token("rt");
     lock(&state.tokens).insert(access_token.clone(), unix_now() + 300);

@@ -217,6 +217,23 @@ async fn token(
     if let Err(e) = verdict {
         return answer(StatusCode::BAD_REQUEST, "invalid_client", &e.to_string());
     }
+    // The authorization assertion (protocol.md §3), held to the same rules.
+    let Some(authorization) = form_value(&form, "assertion") else {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the authorization assertion (`assertion`) is missing",
+        );
+    };
+    if let Some(validator) = state.validator.get()
+        && let Err(e) = validator.validate(authorization, unix_now(), &presented)
+    {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            &format!("the authorization assertion: {e}"),
+        );
+    }
     let Some(share) = share else {
         let why = if base.is_some() {
             "the authorization_base is unknown"

@@ -42,6 +42,9 @@ enum BodyRule {
     Oauth,
 }
 
+/// A care provider no case plays: the URA the care-provider probes claim to act for.
+const ANOTHER_CARE_PROVIDER: &str = "90000999";
+
 const UNAUTHORIZED: Refusal = Refusal {
     statuses: &[401],
     body: BodyRule::Fhir,
@@ -364,9 +367,40 @@ impl CaseRun<'_> {
         base: Option<&str>,
         as_receiver: bool,
     ) -> Result<Exchange, String> {
-        let authorization =
-            AssertionClaims::new(&self.planned.counterpart.ura, url, unix_now(), 60);
-        let form = token_request_form(&self.sign(client)?, &self.sign(&authorization)?, base);
+        let care_provider = self.planned.counterpart.ura.clone();
+        self.token_for(url, client, base, as_receiver, Some(&care_provider))
+            .await
+    }
+
+    /// As [`Self::token_with`], with an authorization assertion for `care_provider`, or
+    /// none at all.
+    async fn token_for(
+        &self,
+        url: &str,
+        client: &AssertionClaims,
+        base: Option<&str>,
+        as_receiver: bool,
+        care_provider: Option<&str>,
+    ) -> Result<Exchange, String> {
+        let form = match care_provider {
+            Some(care_provider) => {
+                let authorization = AssertionClaims::new(care_provider, url, unix_now(), 60);
+                token_request_form(&self.sign(client)?, &self.sign(&authorization)?, base)
+            }
+            None => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", crate::protocol::token::GRANT_TYPE);
+                form.append_pair(
+                    "client_assertion_type",
+                    crate::protocol::token::CLIENT_ASSERTION_TYPE,
+                );
+                form.append_pair("client_assertion", &self.sign(client)?);
+                if let Some(base) = base {
+                    form.append_pair("authorization_base", base);
+                }
+                form.finish()
+            }
+        };
         let request = Outgoing::with_body(
             reqwest::Method::POST,
             url.to_owned(),
@@ -434,6 +468,28 @@ impl CaseRun<'_> {
                 Ok(judge(
                     &self.token_with(&token_url, &claims, None, false).await?,
                     &TOKEN_REFUSED,
+                ))
+            }
+            ProbeAttack::TokenWithoutAuthorizationAssertion => {
+                let claims = self.client_claims(&token_url);
+                Ok(judge(
+                    &self
+                        .token_for(&token_url, &claims, None, false, None)
+                        .await?,
+                    &TOKEN_REFUSED,
+                ))
+            }
+            ProbeAttack::NotifyOnBehalfOfAnother => {
+                let (token, _) = self
+                    .notification_token()
+                    .await
+                    .map_err(|(_, problem, _)| problem)?;
+                let mut task = self.probe_notification(&bsn, owner);
+                task["requester"]["onBehalfOf"]["identifier"]["value"] =
+                    Value::String(ANOTHER_CARE_PROVIDER.to_owned());
+                Ok(judge(
+                    &self.post_notification(&task, Some(&token)).await?,
+                    &FORBIDDEN,
                 ))
             }
             ProbeAttack::TokenExpiredAssertion => {
@@ -640,6 +696,19 @@ impl CaseRun<'_> {
                     .header("accept", "application/fhir+json")
                     .header("authorization", format!("Bearer {token}"));
                 Ok(judge(&self.as_receiver_probe(request).await?, &NOT_SERVED))
+            }
+            ProbeAttack::PullTokenForAnotherCareProvider => {
+                let claims = self.client_claims(&token_url);
+                let exchange = self
+                    .token_for(
+                        &token_url,
+                        &claims,
+                        authorization_base,
+                        true,
+                        Some(ANOTHER_CARE_PROVIDER),
+                    )
+                    .await?;
+                Ok(judge(&exchange, &TOKEN_REFUSED))
             }
             ProbeAttack::PullTokenWrongAudience => {
                 let claims = self.client_claims("https://not-this-server.invalid/token");
