@@ -40,3 +40,24 @@ pub(crate) fn attributed(
     });
     response
 }
+
+/// Why a token request's authorization assertion (protocol.md §3) is refused, held to the
+/// rules of the client assertion: the RFC 6749 error and a description. `None` when it is
+/// valid, or while the validator is not set yet.
+pub(crate) fn authorization_assertion_refusal(
+    form: &[(String, String)],
+    validator: Option<&crate::protocol::token::AssertionValidator>,
+    presented: &[rustls::pki_types::CertificateDer<'static>],
+) -> Option<(&'static str, String)> {
+    let Some(authorization) = crate::protocol::token::form_value(form, "assertion") else {
+        return Some((
+            "invalid_request",
+            "the authorization assertion (`assertion`) is missing".to_owned(),
+        ));
+    };
+    let now = crate::protocol::token::unix_now();
+    validator?
+        .validate(authorization, now, presented)
+        .err()
+        .map(|e| ("invalid_grant", format!("the authorization assertion: {e}")))
+}

@@ -180,22 +180,10 @@ async fn token(
     {
         return answer(StatusCode::BAD_REQUEST, "invalid_client", &e.to_string());
     }
-    // The authorization assertion (protocol.md §3), held to the same rules.
-    let Some(authorization) = form_value(&form, "assertion") else {
-        return answer(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the authorization assertion (`assertion`) is missing",
-        );
-    };
-    if let Some(validator) = state.validator.get()
-        && let Err(e) = validator.validate(authorization, unix_now(), &presented)
+    if let Some((error, description)) =
+        super::authorization_assertion_refusal(&form, state.validator.get(), &presented)
     {
-        return answer(
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
-            &format!("the authorization assertion: {e}"),
-        );
+        return answer(StatusCode::BAD_REQUEST, error, &description);
     }
     let access_token = opaque_token("rt");
     lock(&state.tokens).insert(access_token.clone(), unix_now() + 300);
