@@ -411,6 +411,27 @@ async fn both_token_endpoints_verify_assertion_signatures() {
                 ),
             }
         }
+        // Without the authorization assertion, a good client assertion gets no token.
+        let (_, good, _) = assertions(&pki, &url, own).pop().unwrap();
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer");
+        form.append_pair(
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        );
+        form.append_pair("client_assertion", &good);
+        form.append_pair("authorization_base", "ab-unknown");
+        let request = Outgoing::with_body(
+            reqwest::Method::POST,
+            url.as_str(),
+            "application/x-www-form-urlencoded",
+            form.finish(),
+            ExchangeKind::TokenRequest,
+        );
+        let response = client.send(request).await.unwrap().response.unwrap();
+        let body = String::from_utf8_lossy(&response.body.bytes).into_owned();
+        assert_eq!(response.status, 400, "{url}: {body}");
+        assert!(body.contains("authorization assertion"), "{url}: {body}");
     }
 }
 
