@@ -284,6 +284,18 @@ fn load_plan(root: &Path, args: &PlanArgs) -> Result<(Suite, Target, Plan), u8> 
     Ok((suite, target, plan))
 }
 
+/// The filters that leave cases of a phase out, as given on the command line (`--phase`
+/// selects whole phases and is not one).
+fn filters_text(args: &PlanArgs) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    parts.extend(args.scenarios.iter().map(|s| format!("--scenario {s}")));
+    parts.extend(args.tags.iter().map(|t| format!("--tag {t}")));
+    if let Some((k, n)) = args.shard {
+        parts.push(format!("--shard {k}/{n}"));
+    }
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
 fn list_command(root: &Path, args: &PlanArgs) -> u8 {
     let (_, target, plan) = match load_plan(root, args) {
         Ok(loaded) => loaded,
@@ -497,6 +509,7 @@ async fn run_command(root: &Path, args: RunArgs) -> u8 {
             .collect(),
         unredacted: handle.unredacted(),
         insecure_skip_verify: server_verification == ServerVerification::InsecureSkip,
+        filters: filters_text(&args.plan),
     };
     let (sender, mut receiver) = mpsc::unbounded_channel::<RunEvent>();
     let mut collector = Collector::new(&args.reports, plan.phases.clone(), info);

@@ -370,7 +370,8 @@ async fn verify_at_sbvz(
     ) {
         Ok(SbvzReply::Answer(answer)) => {
             let codes: Vec<&str> = answer.meldingen.iter().map(|m| m.code.as_str()).collect();
-            let summary = format!("{:?} {}", answer.resultaat, codes.join(","));
+            let resultaat = answer.resultaat.map_or("no Resultaat", |r| r.code());
+            let summary = format!("Resultaat {resultaat}, meldingen {}", codes.join(","));
             match answer.resultaat {
                 Some(Resultaat::Goed) if !answer.is_deceased() => Ok(summary),
                 Some(Resultaat::Goed) => Err(format!(

@@ -110,13 +110,14 @@ impl Console {
         }
         let totals = Totals::of(&self.finished);
         tell!(
-            "\n{}{} passed, {} failed, {} errors, {} not run ({} cases)",
+            "\n{}{} passed, {} failed, {} errors, {} not run ({} case{})",
             if interrupted { "INTERRUPTED: " } else { "" },
             totals.passed,
             totals.failed,
             totals.errors,
             totals.not_run,
-            totals.total()
+            totals.total(),
+            if totals.total() == 1 { "" } else { "s" }
         );
     }
 }

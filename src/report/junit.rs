@@ -22,6 +22,9 @@ pub(super) fn render(report: &PhaseReport<'_>) -> String {
     if report.interrupted {
         suite.add_property(("interrupted", "yes"));
     }
+    if let Some(filters) = &report.run.filters {
+        suite.add_property(("filters", filters.as_str()));
+    }
     for case in &report.cases {
         suite.add_test_case(test_case(case));
     }

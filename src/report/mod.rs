@@ -28,6 +28,8 @@ pub struct RunInfo {
     pub unredacted: bool,
     /// True when the target's server certificate was not verified (`--insecure-skip-verify`).
     pub insecure_skip_verify: bool,
+    /// The filters that left cases out (`--tag probe`, …); `None` for a whole phase.
+    pub filters: Option<String>,
 }
 
 /// Counts per verdict.

@@ -1397,7 +1397,7 @@ fn pull_check(id: CheckId, pulled: &Pulled) -> CheckOutcome {
                 "no rule of protocol.md §6 broken",
                 format!("{} finding(s) of rules {}", errors.len(), rules.join(", ")),
                 format!(
-                    "{} rule finding(s) ({}); first: {}",
+                    "{} rule finding(s) ({}); for example: {}",
                     errors.len(),
                     rules.join(", "),
                     examples.join(" | ")
