@@ -704,6 +704,11 @@ async fn serve_command(
             }
         }
     }
+    let certs_dir = root.join(certs);
+    // Beside the PKI folder: `pki/` → `node-state/`.
+    let state_dir = certs_dir
+        .parent()
+        .map_or_else(|| root.join("node-state"), |p| p.join("node-state"));
     let node = match ReferenceNode::start(NodeConfig {
         name: target.name.clone(),
         ura: target.ura.clone(),
@@ -718,13 +723,17 @@ async fn serve_command(
         token_lifetime: target.protocol.access_token_lifetime,
         log_to_stderr: true,
         crl_refresh: Some(target.protocol.crl_refresh),
-        operator: operator_ura(&root.join(certs)),
+        operator: operator_ura(&certs_dir),
+        state_dir: Some(state_dir.clone()),
     })
     .await
     {
         Ok(node) => node,
         Err(e) => {
-            tell!("error: failed to listen on {listen}: {e}");
+            tell!(
+                "error: failed to start the node on {listen} with its state in {}: {e}",
+                state_dir.display()
+            );
             return EXIT_INPUT;
         }
     };

@@ -628,7 +628,6 @@ async fn a_replayed_jti_is_refused_within_one_process() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the jti replay cache lives in memory only (protocol/token.rs AssertionValidator::seen_jti); a restarted node accepts an assertion replayed within its lifetime"]
 async fn a_replayed_jti_is_refused_after_a_restart() {
     // A free loopback port the node can be restarted on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

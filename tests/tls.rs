@@ -375,6 +375,7 @@ async fn both_token_endpoints_verify_assertion_signatures() {
         log_to_stderr: false,
         crl_refresh: None,
         operator: None,
+        state_dir: None,
     })
     .await
     .unwrap();

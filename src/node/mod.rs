@@ -70,6 +70,9 @@ pub struct NodeConfig {
     /// The URA whose client certificates may use the control and inspection APIs (the
     /// harness's); `None` lets any client certificate of the trusted CA in.
     pub operator: Option<String>,
+    /// A folder where the node keeps what must survive a restart (the `jti`s of assertions
+    /// it accepted); `None` keeps it in memory only.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// An access token the node issued: until when, to which client (the URA of the client
@@ -330,13 +333,18 @@ impl ReferenceNode {
         let identity = &tls.client_identity;
         let signer = CertificateSigner::new(&identity.key, &identity.chain, None)
             .map_err(std::io::Error::other)?;
+        let mut validator =
+            AssertionValidator::new(&format!("{base}/token"), 5, tls.chains.clone());
+        let mut pull_validator =
+            AssertionValidator::new(&format!("{base}/sender/token"), 5, tls.chains.clone());
+        if let Some(dir) = &config.state_dir {
+            std::fs::create_dir_all(dir)?;
+            validator = validator.remember_in(&dir.join("notification-token-jti.jsonl"))?;
+            pull_validator = pull_validator.remember_in(&dir.join("pull-token-jti.jsonl"))?;
+        }
         let state = Arc::new(NodeState {
-            validator: AssertionValidator::new(&format!("{base}/token"), 5, tls.chains.clone()),
-            pull_validator: AssertionValidator::new(
-                &format!("{base}/sender/token"),
-                5,
-                tls.chains.clone(),
-            ),
+            validator,
+            pull_validator,
             sender: sender::SenderState::default(),
             signer,
             config,

@@ -372,6 +372,8 @@ pub struct AssertionValidator {
     chains: ChainVerifier,
     /// Each `jti` seen, with the `exp` of its assertion; kept until that has passed.
     seen_jti: Mutex<HashMap<String, i64>>,
+    /// Where each new `jti` is also written, so that a restart still knows it.
+    journal: Mutex<Option<std::fs::File>>,
 }
 
 /// The longest lifetime (`exp` − `iat`) an assertion may claim: the agreement's
@@ -387,7 +389,31 @@ impl AssertionValidator {
             leeway_s,
             chains,
             seen_jti: Mutex::new(HashMap::new()),
+            journal: Mutex::new(None),
         }
+    }
+
+    /// Keeps the `jti` memory in the file at `path` (JSON lines), so that an assertion is
+    /// refused as a replay after a restart too: reads the entries that have not expired,
+    /// rewrites the file with them, and appends each new one.
+    pub fn remember_in(self, path: &std::path::Path) -> std::io::Result<Self> {
+        let now = unix_now();
+        let kept: HashMap<String, i64> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<(String, i64)>(line).ok())
+            .filter(|(_, exp)| exp + self.leeway_s >= now)
+            .collect();
+        let mut text = String::new();
+        for entry in &kept {
+            text.push_str(&serde_json::to_string(&entry).unwrap_or_default());
+            text.push('\n');
+        }
+        std::fs::write(path, text)?;
+        let file = std::fs::OpenOptions::new().append(true).open(path)?;
+        *self.seen_jti.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+        *self.journal.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+        Ok(self)
     }
 
     /// Validates and remembers the `jti`. `presented` is the TLS client certificate chain of
@@ -434,6 +460,16 @@ impl AssertionValidator {
         seen.retain(|_, exp| *exp + self.leeway_s >= now);
         if seen.insert(claims.jti.clone(), claims.exp).is_some() {
             return Err(AssertionError::Replayed);
+        }
+        if let Some(file) = self
+            .journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            let line = serde_json::to_string(&(&claims.jti, claims.exp)).unwrap_or_default();
+            // A write that fails costs only the memory across a restart.
+            let _ = std::io::Write::write_all(file, format!("{line}\n").as_bytes());
         }
         Ok(claims)
     }
@@ -712,6 +748,38 @@ mod tests {
         let fresh = sign(&AssertionClaims::new("client", AUDIENCE, later, 60));
         assert!(validator.validate(&fresh, later, &keys.rsa.1).is_ok());
         assert_eq!(validator.seen_jti.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_remembered_jti_is_refused_after_a_restart_until_it_expires() {
+        let keys = keys();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jti.jsonl");
+        let now = unix_now();
+        let assertion = encode_jwt(
+            &AssertionClaims::new("client", AUDIENCE, now, 60),
+            &signer(&keys.rsa),
+        )
+        .unwrap();
+        let first = AssertionValidator::new(AUDIENCE, 5, keys.chains.clone())
+            .remember_in(&path)
+            .unwrap();
+        assert!(first.validate(&assertion, now, &keys.rsa.1).is_ok());
+        drop(first);
+        // A "restart": a new validator on the same file.
+        let second = AssertionValidator::new(AUDIENCE, 5, keys.chains.clone())
+            .remember_in(&path)
+            .unwrap();
+        assert_eq!(
+            second.validate(&assertion, now + 1, &keys.rsa.1),
+            Err(AssertionError::Replayed)
+        );
+        // Garbage lines are skipped, and nothing is kept of an expired assertion.
+        std::fs::write(&path, "not json\n[\"old\", 1]\n").unwrap();
+        let third = AssertionValidator::new(AUDIENCE, 5, keys.chains.clone())
+            .remember_in(&path)
+            .unwrap();
+        assert!(third.seen_jti.lock().unwrap().is_empty());
     }
 
     #[test]

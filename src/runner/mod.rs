@@ -336,6 +336,8 @@ pub async fn prepare(
                     .chain
                     .first()
                     .and_then(crate::transport::subject_serial_number),
+                // It lives as long as the run.
+                state_dir: None,
             })
             .await
             .map_err(|source| SetupError::Bind {
