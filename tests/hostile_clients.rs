@@ -8,7 +8,6 @@
 //! After each attack the node must answer with the status protocol.md gives (or close the
 //! connection), never hang, stay responsive, and keep patient data and tokens out of its log.
 //! Every test talks only to node processes it starts on 127.0.0.1 and is bounded in time.
-//! Tests of real defects assert the correct behaviour and are `#[ignore = "bug: ..."]`.
 
 mod common;
 
