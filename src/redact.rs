@@ -272,7 +272,7 @@ impl Redactor {
     }
 
     /// Learns a name and each part of it that identifies someone.
-    fn learn_name(&self, name: &str) {
+    pub fn learn_name(&self, name: &str) {
         // A prefix alone ("van", an own-prefix extension) would cut through words.
         if NAME_PREFIXES
             .iter()
@@ -280,11 +280,8 @@ impl Redactor {
         {
             return;
         }
-        self.learn(Sensitive::Name, name);
         for part in family_name_parts(name) {
-            if part.chars().count() >= 4 {
-                self.learn(Sensitive::Name, &part);
-            }
+            self.learn(Sensitive::Name, &part);
         }
     }
 
@@ -474,10 +471,12 @@ pub(crate) fn redact_bsn_like(text: &str) -> String {
             }
             let run = &text[start..i];
             // A fraction of a second ("15:48:22.123456789") is no BSN, nor are digits
-            // inside a word (a UUID's "7b123456782c").
-            let fraction = text[..start].ends_with('.')
-                && text[..start.saturating_sub(1)].ends_with(|c: char| c.is_ascii_digit());
+            // inside a word (a UUID's "7b123456782c"); a percent-escape ("%7C") before
+            // them is no word.
             let before = &text[..start];
+            let fraction = before
+                .strip_suffix('.')
+                .is_some_and(|b| b.ends_with(|c: char| c.is_ascii_digit()));
             let escaped = before.len() >= 3
                 && before.is_char_boundary(before.len() - 3)
                 && before[before.len() - 3..].starts_with('%');
@@ -537,7 +536,9 @@ const SBVZ_PERSONAL_ELEMENTS: [(&str, Sensitive); 9] = [
     ("Locatieomschrijving", Sensitive::Address),
 ];
 
-/// The texts of every `element` in `xml`, with or without a namespace prefix.
+/// The texts of every `element` in `xml`, with or without a namespace prefix. A lenient
+/// scan rather than `protocol::soap::parse`: a message that the strict parser refuses is
+/// shown in reports too, and its names must not be.
 fn element_texts(xml: &str, element: &str) -> Vec<String> {
     let mut texts = Vec::new();
     let mut rest = xml;

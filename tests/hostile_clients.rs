@@ -190,13 +190,9 @@ fn good_form(identity: &TlsIdentity, aud: &str, base: Option<&str>) -> String {
         identity,
     );
     // The care provider is the certificate's organisation, as an honest client names it.
-    let ura = identity
-        .chain
-        .first()
-        .and_then(bgz_harness::transport::subject_serial_number)
-        .unwrap_or_else(|| HARNESS_URA.to_owned());
+    let ura = identity.ura().unwrap_or_else(|| HARNESS_URA.to_owned());
     let authorization = jwt(&header(identity), &claims(&ura, aud), identity);
-    token_request_form(&client, &authorization, base)
+    token_request_form(&client, Some(&authorization), base)
 }
 
 fn form(pairs: &[(&str, &str)]) -> String {
@@ -573,7 +569,7 @@ async fn forged_assertions_are_refused_at(path: &str, other_path: &str) {
             &claims(HARNESS_URA, &aud),
             &attack.harness_id,
         );
-        let body = token_request_form(&assertion, &authorization, Some("ab-unknown"));
+        let body = token_request_form(&assertion, Some(&authorization), Some("ab-unknown"));
         let reply = attack.post_form(&attack.harness, path, body).await;
         reply.assert_token_error(
             &["invalid_client", "invalid_grant", "invalid_request"],
@@ -675,7 +671,7 @@ async fn an_assertion_living_for_years_is_refused() {
         .post_form(
             &attack.harness,
             "/token",
-            token_request_form(&assertion, &authorization, None),
+            token_request_form(&assertion, Some(&authorization), None),
         )
         .await;
     reply.assert_token_error(

@@ -162,7 +162,7 @@ impl Env {
         let client = encode_jwt(&client, &self.signer).expect("signing the client assertion");
         let authorization =
             encode_jwt(&authorization, &self.signer).expect("signing the authorization");
-        let form = token_request_form(&client, &authorization, authorization_base);
+        let form = token_request_form(&client, Some(&authorization), authorization_base);
         let request = Outgoing::with_body(
             reqwest::Method::POST,
             url,

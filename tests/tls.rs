@@ -285,14 +285,10 @@ async fn token_request(
     // A good authorization assertion of the caller's own care provider (its own jti).
     let identity = &own.client_identity;
     let signer = CertificateSigner::new(&identity.key, &identity.chain, None).unwrap();
-    let ura = identity
-        .chain
-        .first()
-        .and_then(bgz_harness::transport::subject_serial_number)
-        .unwrap();
+    let ura = identity.ura().unwrap();
     let authorization =
         encode_jwt(&AssertionClaims::new(&ura, url, unix_now(), 60), &signer).unwrap();
-    let form = token_request_form(assertion, &authorization, Some("ab-unknown"));
+    let form = token_request_form(assertion, Some(&authorization), Some("ab-unknown"));
     let request = Outgoing::with_body(
         reqwest::Method::POST,
         url,

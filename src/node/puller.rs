@@ -230,7 +230,7 @@ async fn request_token(
         encode_jwt(claims, &state.signer)
             .map_err(|e| format!("failed to sign the token request's assertions: {e}"))
     };
-    let form = token_request_form(&sign(&client)?, &sign(&authorization)?, base);
+    let form = token_request_form(&sign(&client)?, Some(&sign(&authorization)?), base);
     let response = state
         .http
         .post(token_url)

@@ -110,7 +110,7 @@ async fn notification_token(state: &NodeState, token_url: &str) -> Result<String
     let sign = |claims: &AssertionClaims| {
         encode_jwt(claims, &state.signer).map_err(|e| format!("failed to sign an assertion: {e}"))
     };
-    let form = token_request_form(&sign(&client)?, &sign(&authorization)?, None);
+    let form = token_request_form(&sign(&client)?, Some(&sign(&authorization)?), None);
     let response = state
         .http
         .post(token_url)

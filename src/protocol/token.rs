@@ -524,15 +524,18 @@ fn x5c_chain(x5c: &Value) -> Result<Vec<CertificateDer<'static>>, AssertionError
         .collect()
 }
 
-/// The form fields of a token request.
+/// The form fields of a token request; without an authorization assertion only to probe
+/// that a token endpoint refuses such a request.
 pub fn token_request_form(
     client_assertion: &str,
-    authorization_assertion: &str,
+    authorization_assertion: Option<&str>,
     authorization_base: Option<&str>,
 ) -> String {
     let mut form = url::form_urlencoded::Serializer::new(String::new());
     form.append_pair("grant_type", GRANT_TYPE);
-    form.append_pair("assertion", authorization_assertion);
+    if let Some(assertion) = authorization_assertion {
+        form.append_pair("assertion", assertion);
+    }
     form.append_pair("client_assertion_type", CLIENT_ASSERTION_TYPE);
     form.append_pair("client_assertion", client_assertion);
     if let Some(base) = authorization_base {
@@ -952,11 +955,11 @@ mod tests {
 
     #[test]
     fn the_form_carries_the_authorization_base_only_when_pulling() {
-        let form = token_request_form("ca", "aa", Some("ab-1"));
+        let form = token_request_form("ca", Some("aa"), Some("ab-1"));
         let pairs = parse_form(form.as_bytes());
         assert_eq!(form_value(&pairs, "authorization_base"), Some("ab-1"));
         assert_eq!(form_value(&pairs, "grant_type"), Some(GRANT_TYPE));
-        let form = token_request_form("ca", "aa", None);
+        let form = token_request_form("ca", Some("aa"), None);
         assert_eq!(
             form_value(&parse_form(form.as_bytes()), "authorization_base"),
             None

@@ -323,7 +323,7 @@ impl CaseRun<'_> {
                 (Verdict::Error, problem, String::new())
             })
         };
-        let form = token_request_form(&sign(&client)?, &sign(&authorization)?, None);
+        let form = token_request_form(&sign(&client)?, Some(&sign(&authorization)?), None);
         let request = Outgoing::with_body(
             reqwest::Method::POST,
             token_url.clone(),

@@ -942,20 +942,20 @@ pub(crate) fn log_free_of_patient_data(
     }
     let mut found = Vec::new();
     for (what, values) in &wanted {
-        let lines: Vec<String> = log
+        let mut matching = log
             .lines()
             .enumerate()
             .filter(|(_, line)| values.iter().any(|value| mentions(line, value)))
-            .map(|(n, _)| (n + 1).to_string())
-            .collect();
-        if !lines.is_empty() {
-            let more = match lines.len().saturating_sub(SHOWN_LINES) {
+            .map(|(n, _)| (n + 1).to_string());
+        let shown: Vec<String> = matching.by_ref().take(SHOWN_LINES).collect();
+        if !shown.is_empty() {
+            let more = match matching.count() {
                 0 => String::new(),
                 more => format!(" and {more} more"),
             };
             found.push(format!(
                 "{what} of the patient on line {}{more}",
-                lines[..lines.len().min(SHOWN_LINES)].join(", ")
+                shown.join(", ")
             ));
         }
     }
@@ -979,5 +979,38 @@ pub(crate) fn log_free_of_patient_data(
             format!("the target's log holds {}", found.join("; "))
         },
         exchanges: vec![inspection.to_owned()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_finding_names_five_lines_and_counts_the_rest() {
+        let patient =
+            serde_json::json!({"name": [{"family": "van Bos"}], "birthDate": "1958-11-14"});
+        let log = "ok\nBSN 999923067\n".repeat(8) + "Bos born 14-11-1958\nBosch stays\n";
+        let outcome = log_free_of_patient_data(&log, "999923067", Some(&patient), "x1");
+        assert_eq!(outcome.verdict, Verdict::Fail);
+        assert!(
+            outcome
+                .actual
+                .contains("the BSN of the patient on line 2, 4, 6, 8, 10 and 3 more"),
+            "{}",
+            outcome.actual
+        );
+        assert!(
+            outcome
+                .actual
+                .contains("the family name of the patient on line 17;")
+        );
+        assert!(
+            outcome
+                .actual
+                .contains("the birth date of the patient on line 17")
+        );
+        let clean = log_free_of_patient_data("Bosch stays\n", "999923067", Some(&patient), "x1");
+        assert_eq!(clean.verdict, Verdict::Pass, "{}", clean.actual);
     }
 }

@@ -150,9 +150,8 @@ impl ProbeIdentities {
         certificates: &crate::scenario::target::ProbeCertificates,
         harness: &TlsSettings,
     ) -> Result<Self, SetupError> {
-        let one = |name: &str,
-                   pair: &Option<crate::scenario::target::CertAndKey>|
-         -> Result<Option<(ProbeIdentity, Option<String>)>, SetupError> {
+        let own_ura = harness.client_identity.ura();
+        let one = |name: &str, pair: &Option<crate::scenario::target::CertAndKey>| {
             let Some(pair) = pair else { return Ok(None) };
             let named = |problem: String| {
                 SetupError::Tls(format!(
@@ -162,36 +161,27 @@ impl ProbeIdentities {
             };
             let identity = crate::transport::load_identity(&pair.cert, &pair.key)
                 .map_err(|e| named(e.to_string()))?;
+            // A certificate of the harness's own organisation proves nothing about tokens
+            // of another one, and would fail a node that binds them correctly.
+            if name == "other-organisation"
+                && let Some(ura) = identity.ura().filter(|ura| own_ura.as_ref() == Some(ura))
+            {
+                return Err(named(format!(
+                    "it carries URA {ura}, the same as the harness's own client certificate; the probe needs a certificate of another organisation"
+                )));
+            }
             let signer = CertificateSigner::new(&identity.key, &identity.chain, None)
                 .map_err(|e| named(format!("{}: {e}", pair.key)))?;
             let tls = harness
                 .client_presenting(&identity)
                 .map_err(|e| named(describe_identity_problem(&e.to_string())))?;
-            let ura = identity
-                .chain
-                .first()
-                .and_then(crate::transport::subject_serial_number);
-            Ok(Some((ProbeIdentity { tls, signer }, ura)))
+            Ok(Some(ProbeIdentity { tls, signer }))
         };
-        let other_organisation = one("other-organisation", &certificates.other_organisation)?;
-        let own_ura = harness
-            .client_identity
-            .chain
-            .first()
-            .and_then(crate::transport::subject_serial_number);
-        if let Some((_, Some(ura))) = &other_organisation
-            && own_ura.as_ref() == Some(ura)
-        {
-            return Err(SetupError::Tls(format!(
-                "tls.probe-certificates.other-organisation carries URA {ura}, the same as the harness's own client certificate; the probe needs a certificate of another organisation"
-            )));
-        }
-        let identity = |loaded: Option<(ProbeIdentity, Option<String>)>| loaded.map(|(i, _)| i);
         Ok(Self {
-            foreign_ca: identity(one("foreign-ca", &certificates.foreign_ca)?),
-            expired: identity(one("expired", &certificates.expired)?),
-            revoked: identity(one("revoked", &certificates.revoked)?),
-            other_organisation: identity(other_organisation),
+            foreign_ca: one("foreign-ca", &certificates.foreign_ca)?,
+            expired: one("expired", &certificates.expired)?,
+            revoked: one("revoked", &certificates.revoked)?,
+            other_organisation: one("other-organisation", &certificates.other_organisation)?,
         })
     }
 }
@@ -331,11 +321,7 @@ pub async fn prepare(
                 log_to_stderr: false,
                 // Its PKI lives only as long as loading it: nothing to re-read.
                 crl_refresh: None,
-                operator: harness_tls
-                    .client_identity
-                    .chain
-                    .first()
-                    .and_then(crate::transport::subject_serial_number),
+                operator: harness_tls.client_identity.ura(),
                 // It lives as long as the run.
                 state_dir: None,
             })

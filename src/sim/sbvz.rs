@@ -100,10 +100,7 @@ impl SbvzPerson {
         let p = &self.persoon;
         let names = [&p.voornamen, &p.voorvoegsel_geslachtsnaam, &p.geslachtsnaam];
         for name in names.into_iter().flatten() {
-            redactor.learn(Sensitive::Name, name);
-            for word in name.split_whitespace() {
-                redactor.learn(Sensitive::Name, word);
-            }
+            redactor.learn_name(name);
         }
         if let Some(date) = &p.geboortedatum {
             redactor.learn(Sensitive::BirthDate, date);

@@ -115,6 +115,15 @@ pub struct TlsIdentity {
     pub key: PrivateKeyDer<'static>,
 }
 
+impl TlsIdentity {
+    /// The organisation's URA from the leaf's subject `serialNumber`, when it has one.
+    pub fn ura(&self) -> Option<String> {
+        self.chain
+            .first()
+            .and_then(|leaf| subject_serial_number(leaf))
+    }
+}
+
 impl fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsIdentity")
@@ -645,7 +654,7 @@ fn client_tls(
         }
         ServerVerification::InsecureSkip => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider()))),
+            .with_custom_certificate_verifier(Arc::new(FixedServerVerdict::accept_all())),
     };
     let config = builder
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
@@ -660,67 +669,36 @@ pub(crate) fn untrusting_client_config() -> ClientConfig {
         .with_protocol_versions(rustls::ALL_VERSIONS)
         .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoTrustedCa(provider())))
+        .with_custom_certificate_verifier(Arc::new(FixedServerVerdict::refuse_all()))
         .with_no_client_auth()
 }
 
-/// Refuses every server certificate: no CA is configured.
+/// A server-certificate verifier with one answer for every certificate, still checking the
+/// handshake signature: refusal when no CA is configured, acceptance only for
+/// `run --insecure-skip-verify`, which warns and marks every report.
 #[derive(Debug)]
-struct NoTrustedCa(Arc<CryptoProvider>);
+struct FixedServerVerdict {
+    provider: Arc<CryptoProvider>,
+    accept: bool,
+}
 
-impl ServerCertVerifier for NoTrustedCa {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::General(
-            "no CA is configured to verify HTTPS servers (add a tls section)".to_owned(),
-        ))
+impl FixedServerVerdict {
+    fn refuse_all() -> Self {
+        Self {
+            provider: provider(),
+            accept: false,
+        }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+    fn accept_all() -> Self {
+        Self {
+            provider: provider(),
+            accept: true,
+        }
     }
 }
 
-/// Accepts any server certificate (still checking the handshake signature against it).
-/// Used only for `run --insecure-skip-verify`, which warns and marks every report.
-#[derive(Debug)]
-struct AnyServerCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCertificate {
+impl ServerCertVerifier for FixedServerVerdict {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
@@ -729,7 +707,13 @@ impl ServerCertVerifier for AnyServerCertificate {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        if self.accept {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "no CA is configured to verify HTTPS servers (add a tls section)".to_owned(),
+            ))
+        }
     }
 
     fn verify_tls12_signature(
@@ -742,7 +726,7 @@ impl ServerCertVerifier for AnyServerCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -756,12 +740,14 @@ impl ServerCertVerifier for AnyServerCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -382,25 +382,12 @@ impl CaseRun<'_> {
         as_receiver: bool,
         care_provider: Option<&str>,
     ) -> Result<Exchange, String> {
-        let form = match care_provider {
-            Some(care_provider) => {
-                let authorization = AssertionClaims::new(care_provider, url, unix_now(), 60);
-                token_request_form(&self.sign(client)?, &self.sign(&authorization)?, base)
-            }
-            None => {
-                let mut form = url::form_urlencoded::Serializer::new(String::new());
-                form.append_pair("grant_type", crate::protocol::token::GRANT_TYPE);
-                form.append_pair(
-                    "client_assertion_type",
-                    crate::protocol::token::CLIENT_ASSERTION_TYPE,
-                );
-                form.append_pair("client_assertion", &self.sign(client)?);
-                if let Some(base) = base {
-                    form.append_pair("authorization_base", base);
-                }
-                form.finish()
-            }
-        };
+        let authorization = care_provider
+            .map(|care_provider| {
+                self.sign(&AssertionClaims::new(care_provider, url, unix_now(), 60))
+            })
+            .transpose()?;
+        let form = token_request_form(&self.sign(client)?, authorization.as_deref(), base);
         let request = Outgoing::with_body(
             reqwest::Method::POST,
             url.to_owned(),
@@ -569,7 +556,7 @@ impl CaseRun<'_> {
                     encode_jwt(claims, &identity.signer)
                         .map_err(|e| format!("failed to sign an assertion: {e}"))
                 };
-                let form = token_request_form(&sign(&claims)?, &sign(&authorization)?, None);
+                let form = token_request_form(&sign(&claims)?, Some(&sign(&authorization)?), None);
                 let request = Outgoing::with_body(
                     reqwest::Method::POST,
                     token_url.clone(),

@@ -706,7 +706,7 @@ impl CaseRun<'_> {
         let authorization = AssertionClaims::new(&self.planned.counterpart.ura, token_url, now, 60);
         Ok(token_request_form(
             &self.sign(&client)?,
-            &self.sign(&authorization)?,
+            Some(&self.sign(&authorization)?),
             authorization_base,
         ))
     }
